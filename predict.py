@@ -1,0 +1,95 @@
+"""Cog adapter: inputs and outputs only. The work happens in the ``reranker`` package.
+
+Cog's schema generator reads this file statically (tree-sitter) at ``cog build``: every
+``Input()`` argument is a literal or a constant of this module, and the output models are
+defined here. ``tests/test_static_checks.py`` keeps the constants equal to the package's.
+"""
+
+import logging
+import sys
+
+from cog import BasePredictor, Input, concurrent, current_scope
+from pydantic import BaseModel
+
+from reranker.config import Settings
+from reranker.service import RerankService
+
+DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+DEFAULT_TOP_K = 5
+DEFAULT_BATCH_SIZE = 256
+DEFAULT_MAX_LENGTH = 8192
+MAX_LENGTH_LIMIT = 32768
+# Requests served at once by one instance. Their documents share forward passes, so this
+# is what lets small concurrent requests fill the GPU; beyond it the server answers 409.
+MAX_CONCURRENCY = 32
+
+
+class RankedDocument(BaseModel):
+    index: int
+    document: str | None
+    score: float
+    logit: float
+
+
+class Usage(BaseModel):
+    total_tokens: int
+    truncated_documents: int
+
+
+class Output(BaseModel):
+    instruction: str
+    query: str
+    results: list[RankedDocument]
+    total_documents: int
+    usage: Usage
+
+
+class Predictor(BasePredictor):
+    def setup(self) -> None:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+        self.service = RerankService.start(Settings.from_env())
+
+    @concurrent(max=MAX_CONCURRENCY)
+    async def predict(
+        self,
+        query: str = Input(description="The search query or reference text."),
+        documents: list[str] = Input(description="The documents to rank: a JSON array of strings."),
+        instruction: str = Input(
+            default=DEFAULT_INSTRUCTION,
+            description="Task instruction for the reranker, in English. An empty string is "
+            "used as given; omit the field for the model card's default.",
+        ),
+        top_k: int = Input(
+            default=DEFAULT_TOP_K,
+            ge=0,
+            description="How many of the best documents to return; 0 returns all.",
+        ),
+        batch_size: int = Input(
+            default=DEFAULT_BATCH_SIZE,
+            ge=1,
+            description="Most documents per forward pass (passes are also bounded by tokens).",
+        ),
+        max_length: int = Input(
+            default=DEFAULT_MAX_LENGTH,
+            ge=1,
+            le=MAX_LENGTH_LIMIT,
+            description="Most tokens per prompt; longer documents are truncated at the end.",
+        ),
+        return_documents: bool = Input(
+            default=True,
+            description="Include each document's text in the results (false: null).",
+        ),
+    ) -> Output:
+        result, metrics = await self.service.rerank(
+            query=query,
+            documents=documents,
+            instruction=instruction,
+            top_k=top_k,
+            max_length=max_length,
+            batch_size=batch_size,
+            return_documents=return_documents,
+        )
+        scope = current_scope()
+        for name, value in metrics.items():
+            scope.record_metric(name, value)
+        return Output.model_validate(result.to_dict())

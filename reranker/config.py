@@ -1,0 +1,109 @@
+"""One frozen settings object, read from ``RERANKER_*`` environment variables.
+
+Every knob of the service lives here with its default and the reason for it; the Cog
+predictor, the CLI and the library all read the same object (``Settings.from_env()``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+HUB_MODEL_ID = "Qwen/Qwen3-Reranker-8B"
+# The revision the hub download is pinned to (main as of 2025-06, the release checkpoint).
+HUB_REVISION = "5fa94080caafeaa45a15d11f969d7978e087a3db"
+
+MAX_LENGTH_LIMIT = 32768  # the model handles 32k tokens (max_position_embeddings is 40960)
+DEFAULT_MAX_LENGTH = 8192  # the model card's max_length
+DEFAULT_BATCH_SIZE = 256  # documents per forward pass at most; the token budget binds first
+# Tokens per forward pass. On an H100 the 8B model is at full GEMM speed from ~8k tokens per
+# pass; 32768 lets the longest allowed document run in one pass within the budget, and its
+# activations (~4 GB) fit beside the weights on any 40 GB+ card. See bench/ for the sweep.
+DEFAULT_MAX_BATCH_TOKENS_CUDA = 32768
+DEFAULT_MAX_BATCH_TOKENS_CPU = 8192
+
+ENV_PREFIX = "RERANKER_"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the weights come from (see reranker.weights for the resolution order).
+    model: str | None = None
+    weights_url: str | None = None
+    hub_revision: str = HUB_REVISION
+    cache_dir: str | None = None
+    # How the model runs.
+    device: str | None = None  # cuda when available, else cpu
+    dtype: str | None = None  # float16 on CUDA (the design's choice), float32 on CPU
+    attention: str = "auto"  # auto | varlen | sdpa
+    prefix_reuse: str = "auto"  # auto | on | off
+    max_batch_tokens: int | None = None  # None: DEFAULT_MAX_BATCH_TOKENS_{CUDA,CPU}
+    warmup: bool = True  # one pass at the token budget during setup (CUDA only)
+    replicas: int | None = None  # model copies; None: one per visible GPU (one on CPU)
+    # Request limits, checked before any model work. Defaults fit an 80 GB card and keep one
+    # request under about a minute of H100 time.
+    max_documents: int = 10_000
+    max_document_chars: int = 1_000_000
+    max_query_chars: int = 100_000  # also applies to the instruction
+    max_total_chars: int = 50_000_000
+    max_request_tokens: int = 2_000_000
+
+    def batch_tokens(self, device_type: str) -> int:
+        if self.max_batch_tokens is not None:
+            return self.max_batch_tokens
+        if device_type == "cuda":
+            return DEFAULT_MAX_BATCH_TOKENS_CUDA
+        return DEFAULT_MAX_BATCH_TOKENS_CPU
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read ``RERANKER_<FIELD>`` for every field; unset or empty keeps the default."""
+        env = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            name = ENV_PREFIX + f.name.upper()
+            raw = env.get(name, "").strip()
+            if raw:
+                values[f.name] = _parse(name, raw, f.default)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        choices = {"attention": ("auto", "varlen", "sdpa"), "prefix_reuse": ("auto", "on", "off")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise SettingsError(
+                    f"{ENV_PREFIX}{name.upper()} must be one of {', '.join(allowed)}, "
+                    f"not {getattr(self, name)!r}"
+                )
+        if self.dtype is not None and self.dtype not in DTYPE_NAMES:
+            raise SettingsError(
+                f"{ENV_PREFIX}DTYPE must be one of {', '.join(DTYPE_NAMES)}, not {self.dtype!r}"
+            )
+
+
+DTYPE_NAMES = ("float16", "bfloat16", "float32")
+
+
+def _parse(name: str, raw: str, default):
+    if isinstance(default, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{name} must be true or false, not {raw!r}")
+    if isinstance(default, int) or name.endswith(("MAX_BATCH_TOKENS", "REPLICAS")):
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a positive integer, not {raw!r}") from None
+        if value < 1:
+            raise SettingsError(f"{name} must be a positive integer, not {raw!r}")
+        return value
+    return raw

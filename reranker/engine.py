@@ -1,0 +1,183 @@
+"""Token ids of requests -> forward passes -> logits, within a token budget.
+
+The engine decides per request whether to compute the shared prompt prefix once (its keys and
+values are then reused by every document), plans passes under the token budget, and survives
+out-of-memory errors by splitting a pass in halves; only a single document that cannot fit
+fails, with a message that says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+
+from .batching import plan_passes, split_in_half
+from .config import Settings
+from .model import ContextKV, QwenScorer
+from .packing import Segment, pack
+from .tokenization import EncodedRequest
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class DocumentTooLargeError(RuntimeError):
+    """A single prompt does not fit in accelerator memory, even alone."""
+
+
+class BudgetTooLargeError(RuntimeError):
+    """The configured token budget does not fit on this device (found at warm-up)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Item:
+    """New token ids to score, continuing ``context`` (a cached prefix) or nothing."""
+
+    ids: tuple[int, ...]
+    context: ContextKV | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens the recipe would run for this prompt (context included)."""
+        return len(self.ids) + (0 if self.context is None else self.context.num_tokens)
+
+
+# Called after each pass with (documents done, tokens done) of the request.
+Progress = Callable[[int, int], None]
+
+
+class Engine:
+    def __init__(self, scorer: QwenScorer, settings: Settings) -> None:
+        self.scorer = scorer
+        self.settings = settings
+        self.max_batch_tokens = settings.batch_tokens(scorer.device.type)
+        self.passes = 0  # forward passes run so far (a counter for metrics)
+
+    # -- per request ---------------------------------------------------------------------
+
+    def reuses_prefix(self, encoded: EncodedRequest) -> bool:
+        """Whether to compute the shared prefix once: pays as soon as two documents share it."""
+        mode = self.settings.prefix_reuse
+        return mode == "on" or (mode == "auto" and len(encoded.documents) >= 2)
+
+    def items(self, encoded: EncodedRequest) -> list[Item]:
+        """The request's documents as work items (building the shared context if reused)."""
+        if self.reuses_prefix(encoded):
+            (context,) = self.contexts([encoded.context])
+            return [Item(doc, context) for doc in encoded.documents]
+        return [Item(encoded.context + doc) for doc in encoded.documents]
+
+    def score_request(
+        self, encoded: EncodedRequest, *, batch_size: int, progress: Progress | None = None
+    ) -> list[float]:
+        """float32 logits for every document of one request, in input order."""
+        items = self.items(encoded)
+        logits = [0.0] * len(items)
+        done = tokens = 0
+        for indices in self.plan(items, batch_size=batch_size, keys=encoded.documents):
+            batch = [items[i] for i in indices]
+            for i, value in zip(indices, self.run(batch), strict=True):
+                logits[i] = value
+            done += len(indices)
+            tokens += sum(it.num_tokens for it in batch)
+            if progress is not None:
+                progress(done, tokens)
+        return logits
+
+    def plan(
+        self, items: Sequence[Item], *, batch_size: int, keys: Sequence[Hashable] | None = None
+    ) -> list[list[int]]:
+        return plan_passes(
+            [len(it.ids) for it in items],
+            max_tokens=self.max_batch_tokens,
+            max_items=batch_size,
+            keys=keys,
+        )
+
+    # -- passes --------------------------------------------------------------------------
+
+    def contexts(self, id_lists: Sequence[Sequence[int]]) -> list[ContextKV]:
+        """Keys and values of each prefix, computed in as few passes as the budget allows."""
+        lengths = [len(ids) for ids in id_lists]
+        out: list[ContextKV | None] = [None] * len(id_lists)
+        for indices in plan_passes(lengths, max_tokens=self.max_batch_tokens, max_items=1 << 30):
+            built = self._split_on_oom([tuple(id_lists[i]) for i in indices], self._context_pass)
+            for i, ctx in zip(indices, built, strict=True):
+                out[i] = ctx
+        return out  # type: ignore[return-value]
+
+    def run(self, items: Sequence[Item]) -> list[float]:
+        """One planned pass (split further only if it runs out of memory)."""
+        return self._split_on_oom(list(items), self._score_pass)
+
+    def _score_pass(self, items: list[Item]) -> list[float]:
+        slots: dict[int, int] = {}
+        contexts: list[ContextKV] = []
+        segments = []
+        for it in items:
+            slot = None
+            if it.context is not None:
+                slot = slots.setdefault(id(it.context), len(contexts))
+                if slot == len(contexts):
+                    contexts.append(it.context)
+            segments.append(Segment(it.ids, slot))
+        batch = pack(segments, [c.num_tokens for c in contexts], self.scorer.device)
+        self.passes += 1
+        return self.scorer.logits(batch, contexts).cpu().tolist()
+
+    def _context_pass(self, id_lists: list[tuple[int, ...]]) -> list[ContextKV]:
+        batch = pack([Segment(ids) for ids in id_lists], [], self.scorer.device)
+        self.passes += 1
+        return self.scorer.contexts(batch)
+
+    def _split_on_oom(self, items: list[T], run: Callable[[list[T]], list[R]]) -> list[R]:
+        try:
+            return run(items)
+        except torch.OutOfMemoryError:
+            pass  # leave the except block first so the failed pass's tensors can be freed
+        self.release_memory()
+        if len(items) == 1:
+            n = getattr(items[0], "num_tokens", None) or len(items[0])  # type: ignore[arg-type]
+            raise DocumentTooLargeError(
+                f"a prompt of {n:,} tokens does not fit in GPU memory even alone; "
+                "lower max_length or RERANKER_MAX_BATCH_TOKENS"
+            )
+        log.warning("out of memory on a pass of %d prompts; retrying in halves", len(items))
+        first, second = split_in_half(range(len(items)))
+        return self._split_on_oom([items[i] for i in first], run) + self._split_on_oom(
+            [items[i] for i in second], run
+        )
+
+    def release_memory(self) -> None:
+        if self.scorer.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def warmup(self) -> None:
+        """One pass at the full token budget, continuing a context, so that a budget too large
+        for this card fails at boot rather than on a user's request."""
+        budget = self.max_batch_tokens
+        filler = 13  # any ordinary token id
+        try:
+            (context,) = self._context_pass([(filler,) * 64])
+            self._score_pass([Item((filler,) * budget, context)])
+        except torch.OutOfMemoryError:
+            pass
+        else:
+            return
+        self.release_memory()
+        free = ""
+        if self.scorer.device.type == "cuda":
+            free_bytes, total = torch.cuda.mem_get_info(self.scorer.device)
+            free = f" ({free_bytes / 2**30:.1f} of {total / 2**30:.1f} GiB free after loading)"
+        raise BudgetTooLargeError(
+            f"a pass of RERANKER_MAX_BATCH_TOKENS={budget} tokens does not fit on "
+            f"{self.scorer.device}{free}; set RERANKER_MAX_BATCH_TOKENS lower"
+        )

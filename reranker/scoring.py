@@ -1,0 +1,75 @@
+"""Logits -> scores -> ranked results.
+
+``logit`` is the model's log-odds ``logit_yes - logit_no`` (float32); ``score`` is
+``sigmoid(logit)``, which is exactly the recipe's ``softmax([logit_no, logit_yes])[1]``.
+Ranking sorts by the logit, not the score: sigmoid saturates to 1.0 in floating point for
+logits above ~37, and ordering by the logit keeps those apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+
+def sigmoid(x: float) -> float:
+    """Overflow-free logistic function."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+@dataclass(frozen=True)
+class RankedDocument:
+    index: int  # position in the input list
+    document: str | None  # None when return_documents=False
+    score: float  # P(yes) in [0, 1]
+    logit: float  # logit_yes - logit_no, a float32 value
+
+
+@dataclass(frozen=True)
+class Usage:
+    total_tokens: int  # prompt tokens the recipe would run (no padding), all documents
+    truncated_documents: int  # documents cut to fit max_length
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    instruction: str
+    query: str
+    results: list[RankedDocument]
+    total_documents: int
+    usage: Usage
+
+    def to_dict(self) -> dict:
+        """The JSON shape shared by the CLI and the Cog predictor."""
+        return asdict(self)
+
+
+def rank_order(logits: Sequence[float]) -> list[int]:
+    """Indices by logit, highest first; equal logits keep input order."""
+    return sorted(range(len(logits)), key=lambda i: (-logits[i], i))
+
+
+def ranked_documents(
+    documents: Sequence[str],
+    logits: Sequence[float],
+    *,
+    top_k: int | None,
+    return_documents: bool,
+) -> list[RankedDocument]:
+    """Sort-and-slice: ``top_k`` None or 0 keeps every document."""
+    order = rank_order(logits)
+    if top_k:
+        order = order[:top_k]
+    return [
+        RankedDocument(
+            index=i,
+            document=documents[i] if return_documents else None,
+            score=sigmoid(logits[i]),
+            logit=logits[i],
+        )
+        for i in order
+    ]

@@ -1,0 +1,102 @@
+"""Argument checks shared by the library, the CLI and the Cog predictor.
+
+Every failure is a ``ValueError`` whose message starts with the argument's name, because the
+same message reaches an HTTP client through Cog's ``"error"`` field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .config import MAX_LENGTH_LIMIT, Settings
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def check_text(name: str, value: Any, *, max_chars: int, allow_empty: bool) -> str:
+    if value is None:
+        raise ValueError(f"{name} is required")
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {_kind(value)}")
+    if not allow_empty and not value.strip():
+        raise ValueError(f"{name} must not be empty")
+    if len(value) > max_chars:
+        raise ValueError(f"{name} has {len(value):,} characters; the limit is {max_chars:,}")
+    return value
+
+
+def check_int(name: str, value: Any, *, low: int, high: int | None = None) -> int:
+    # bool is an int subclass; True as a batch size is a client bug, not a 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {_kind(value)}")
+    if value < low or (high is not None and value > high):
+        bound = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {_kind(value)}")
+    return value
+
+
+def check_documents(documents: Any, settings: Settings) -> list[str]:
+    if documents is None:
+        raise ValueError("documents is required")
+    if isinstance(documents, str | bytes) or not isinstance(documents, Sequence):
+        raise ValueError(f"documents must be a list of strings, got {_kind(documents)}")
+    if len(documents) == 0:
+        raise ValueError("documents must not be empty")
+    if len(documents) > settings.max_documents:
+        raise ValueError(
+            f"documents has {len(documents):,} items; the limit is {settings.max_documents:,}"
+        )
+    total = 0
+    for i, doc in enumerate(documents):
+        if not isinstance(doc, str):
+            raise ValueError(f"documents[{i}] must be a string, got {_kind(doc)}")
+        if len(doc) > settings.max_document_chars:
+            raise ValueError(
+                f"documents[{i}] has {len(doc):,} characters; "
+                f"the limit is {settings.max_document_chars:,}"
+            )
+        total += len(doc)
+    if total > settings.max_total_chars:
+        raise ValueError(
+            f"documents hold {total:,} characters in all; the limit is {settings.max_total_chars:,}"
+        )
+    return list(documents)
+
+
+def check_request(
+    settings: Settings,
+    *,
+    query: Any,
+    documents: Any,
+    instruction: Any,
+    max_length: Any,
+    batch_size: Any,
+    top_k: Any = None,
+) -> tuple[str, list[str], str | None]:
+    """Validate one request's arguments; returns the normalized (query, documents, instruction)."""
+    query = check_text("query", query, max_chars=settings.max_query_chars, allow_empty=False)
+    if instruction is not None:  # None: the model card's default instruction
+        check_text("instruction", instruction, max_chars=settings.max_query_chars, allow_empty=True)
+    docs = check_documents(documents, settings)
+    check_int("max_length", max_length, low=1, high=MAX_LENGTH_LIMIT)
+    check_int("batch_size", batch_size, low=1)
+    if top_k is not None:
+        check_int("top_k", top_k, low=0)
+    return query, docs, instruction
+
+
+def check_token_budget(num_tokens: int, settings: Settings) -> None:
+    if num_tokens > settings.max_request_tokens:
+        raise ValueError(
+            f"documents make {num_tokens:,} prompt tokens after truncation; the limit per request "
+            f"is {settings.max_request_tokens:,} (send fewer documents or lower max_length)"
+        )

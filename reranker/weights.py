@@ -1,0 +1,156 @@
+"""Where the weights come from, in order:
+
+1. ``RERANKER_MODEL``: a local directory, or a hub id;
+2. a ``weights/`` folder baked into the image (``script/download-weights``);
+3. ``RERANKER_WEIGHTS_URL``: a tarball, fetched with ``pget`` (parallel ranges, extracted on
+   the fly) when it is on PATH, else streamed by Python, into the cache directory;
+4. the Hugging Face hub at the pinned revision, with Xet's high-performance transfer on.
+
+Downloads land in ``RERANKER_CACHE_DIR`` (default ``~/.cache/qwen3-reranker``) and are marked
+complete only after they finish, so a restart on a platform that keeps its disk reuses them
+and an interrupted download is redone rather than half-loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import HUB_MODEL_ID, Settings
+
+log = logging.getLogger(__name__)
+
+BAKED_WEIGHTS = Path("weights")
+COMPLETE_MARKER = ".complete"
+
+
+class WeightsError(RuntimeError):
+    """The weights could not be found or fetched; the message says where it looked."""
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    path: str  # local directory (or hub id, resolved by transformers itself)
+    source: str  # which rule chose it, for the setup log
+    seconds: float  # time spent fetching (0 when already local)
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "qwen3-reranker"
+
+
+def is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def resolve_weights(settings: Settings, *, workdir: Path | None = None) -> ResolvedWeights:
+    """Apply the resolution order above; logs and returns the chosen source."""
+    started = time.perf_counter()
+    base = Path.cwd() if workdir is None else workdir
+    cache = Path(settings.cache_dir) if settings.cache_dir else default_cache_dir()
+    if settings.model:
+        local = Path(settings.model).expanduser()
+        if local.exists():
+            if not is_model_dir(local):
+                raise WeightsError(f"RERANKER_MODEL={settings.model} has no config.json")
+            return _found(str(local), "RERANKER_MODEL (local directory)", started)
+        if settings.model.startswith((".", "/", "~")):
+            raise WeightsError(f"RERANKER_MODEL={settings.model} does not exist")
+        revision = settings.hub_revision if settings.model == HUB_MODEL_ID else None
+        path = download_from_hub(settings.model, revision, cache)
+        return _found(path, f"RERANKER_MODEL (hub id {settings.model})", started)
+    baked = base / BAKED_WEIGHTS
+    if is_model_dir(baked):
+        return _found(str(baked), "weights/ baked into the image", started)
+    if settings.weights_url:
+        path = download_tarball(settings.weights_url, cache)
+        return _found(str(path), f"RERANKER_WEIGHTS_URL ({settings.weights_url})", started)
+    path = download_from_hub(HUB_MODEL_ID, settings.hub_revision, cache)
+    return _found(path, f"hub {HUB_MODEL_ID}@{settings.hub_revision[:12]}", started)
+
+
+def _found(path: str, source: str, started: float) -> ResolvedWeights:
+    resolved = ResolvedWeights(path, source, time.perf_counter() - started)
+    log.info("weights: %s -> %s (%.1fs)", source, path, resolved.seconds)
+    return resolved
+
+
+# -- tarball ---------------------------------------------------------------------------------
+
+
+def download_tarball(url: str, cache: Path) -> Path:
+    """Fetch and extract ``url`` once into ``cache``; returns the model directory."""
+    target = cache / ("url-" + hashlib.sha256(url.encode()).hexdigest()[:16])
+    if (target / COMPLETE_MARKER).is_file():
+        log.info("weights: reusing the download of %s in %s", url, target)
+        return _model_root(target)
+    if target.exists():
+        shutil.rmtree(target)  # an earlier download did not finish
+    partial = target.with_name(target.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    pget = shutil.which("pget")
+    try:
+        if pget:
+            subprocess.run([pget, "-x", url, str(partial)], check=True)
+        else:
+            log.info("weights: pget not found; downloading %s with Python", url)
+            _stream_extract(url, partial)
+    except (OSError, subprocess.CalledProcessError, tarfile.TarError) as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise WeightsError(f"could not fetch RERANKER_WEIGHTS_URL={url}: {exc}") from exc
+    _model_root(partial)  # refuse a tarball that holds no model before marking it complete
+    (partial / COMPLETE_MARKER).write_text(url)
+    partial.rename(target)
+    return _model_root(target)
+
+
+def _stream_extract(url: str, dest: Path) -> None:
+    with (
+        urllib.request.urlopen(url, timeout=60) as response,
+        tarfile.open(fileobj=response, mode="r|*") as archive,
+    ):
+        archive.extractall(dest, filter="data")
+
+
+def _model_root(path: Path) -> Path:
+    """The folder holding config.json: the tarball's top level or its single subfolder."""
+    if is_model_dir(path):
+        return path
+    subdirs = [p for p in path.iterdir() if p.is_dir()]
+    if len(subdirs) == 1 and is_model_dir(subdirs[0]):
+        return subdirs[0]
+    raise WeightsError(f"the weights tarball has no config.json at its top level ({path})")
+
+
+# -- hub -------------------------------------------------------------------------------------
+
+
+def download_from_hub(repo_id: str, revision: str | None, cache: Path) -> str:
+    """``snapshot_download`` with Xet's high-performance mode (Cog's ``environment:`` cannot
+    set the hub's transfer variables, so they are set here, before the hub reads them)."""
+    os.environ.setdefault("HF_XET_HIGH_PERFORMANCE", "1")
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    constants.HF_XET_HIGH_PERFORMANCE = os.environ["HF_XET_HIGH_PERFORMANCE"] == "1"
+    try:
+        return huggingface_hub.snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=str(cache / "hub"),
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"],
+        )
+    except Exception as exc:
+        raise WeightsError(
+            f"could not download {repo_id}@{revision or 'main'} from the hub: {exc}"
+        ) from exc

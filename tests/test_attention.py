@@ -1,0 +1,115 @@
+"""Attention over packed segments with cached contexts, against a plain float32 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reranker.attention import (
+    SdpaAttention,
+    VarlenAttention,
+    reference_attention,
+    select_backend,
+)
+from reranker.packing import Segment, pack
+
+HEADS, KV_HEADS, DIM = 4, 2, 8
+
+
+def make_batch(context_lengths, segments):
+    batch = pack([Segment([1] * n, c) for n, c in segments], context_lengths, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    t, pool = batch.num_tokens, sum(context_lengths)
+    q = torch.randn(t, HEADS, DIM, generator=g)
+    k = torch.randn(t, KV_HEADS, DIM, generator=g)
+    v = torch.randn(t, KV_HEADS, DIM, generator=g)
+    ctx = (
+        torch.randn(pool, KV_HEADS, DIM, generator=g),
+        torch.randn(pool, KV_HEADS, DIM, generator=g),
+    )
+    return batch, q, k, v, ctx
+
+
+LAYOUTS = [
+    ([], [(7, None)]),  # one plain segment
+    ([], [(9, None), (3, None), (1, None)]),  # several, different lengths (padding)
+    ([5], [(4, 0), (4, 0), (1, 0)]),  # sharing one context
+    ([5, 2], [(6, 0), (3, 1), (8, None), (2, 1), (30, 0)]),  # mixed contexts and bands
+]
+
+
+def test_pack_positions_continue_the_context():
+    batch = pack([Segment([1, 2, 3], 0), Segment([4, 5], None)], [10], torch.device("cpu"))
+    assert batch.positions.tolist() == [10, 11, 12, 0, 1]
+    assert batch.last_index.tolist() == [2, 4]
+    assert batch.input_ids.tolist() == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("native_gqa", [True, False])
+@pytest.mark.parametrize("contexts,segments", LAYOUTS)
+def test_sdpa_matches_reference(contexts, segments, native_gqa):
+    batch, q, k, v, ctx = make_batch(contexts, segments)
+    backend = SdpaAttention(kv_groups=HEADS // KV_HEADS, native_gqa=native_gqa)
+    got = backend(q, k, v, backend.prepare(batch), ctx)
+    assert torch.allclose(got, reference_attention(q, k, v, batch, ctx), atol=1e-5)
+
+
+def cpu_varlen_kernel(q, k, v, cu_q, cu_k, max_q, max_k):
+    """FlashAttention's varlen contract on CPU, segment by segment (causal, bottom-right)."""
+    out = torch.empty_like(q)
+    groups = q.shape[1] // k.shape[1]
+    for i in range(len(cu_q) - 1):
+        qs = q[cu_q[i] : cu_q[i + 1]].transpose(0, 1)
+        ks = k[cu_k[i] : cu_k[i + 1]].repeat_interleave(groups, 1).transpose(0, 1)
+        vs = v[cu_k[i] : cu_k[i + 1]].repeat_interleave(groups, 1).transpose(0, 1)
+        allowed = torch.ones(qs.shape[1], ks.shape[1], dtype=torch.bool).tril(
+            ks.shape[1] - qs.shape[1]
+        )
+        o = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, attn_mask=allowed)
+        out[cu_q[i] : cu_q[i + 1]] = o.transpose(0, 1)
+    return out
+
+
+@pytest.mark.parametrize("contexts,segments", LAYOUTS)
+def test_varlen_packing_matches_reference(contexts, segments):
+    """The varlen backend's own work (cu_seqlens, gathering contexts in front of each segment)
+    checked with a CPU kernel that follows FlashAttention's varlen contract."""
+    batch, q, k, v, ctx = make_batch(contexts, segments)
+    backend = VarlenAttention(cpu_varlen_kernel, name="cpu", kv_groups=2, native_gqa=False)
+    plan = backend.prepare(batch)
+    assert plan.cu_q.tolist()[-1] == batch.num_tokens
+    assert plan.cu_k.tolist()[-1] == batch.num_tokens + sum(
+        batch.offset(i) for i in range(batch.num_segments)
+    )
+    got = backend(q, k, v, plan, ctx)
+    assert torch.allclose(got, reference_attention(q, k, v, batch, ctx), atol=1e-5)
+
+
+def test_backend_selection_on_cpu():
+    backend = select_backend(
+        "auto",
+        heads=HEADS,
+        kv_heads=KV_HEADS,
+        dim=DIM,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
+    assert isinstance(backend, SdpaAttention)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        select_backend(
+            "varlen",
+            heads=HEADS,
+            kv_heads=KV_HEADS,
+            dim=DIM,
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+        )
+    with pytest.raises(ValueError, match="auto, varlen or sdpa"):
+        select_backend(
+            "flash",
+            heads=HEADS,
+            kv_heads=KV_HEADS,
+            dim=DIM,
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+        )

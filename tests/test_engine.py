@@ -1,0 +1,94 @@
+"""Out-of-memory safety, warm-up, prefix reuse decisions and the float16 overflow guard."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reranker import Reranker, Settings
+from reranker.engine import BudgetTooLargeError, DocumentTooLargeError, Engine
+from reranker.model import NonFiniteError
+from reranker.offline import save_random_model
+
+QUERY = "what is a reranker?"
+DOCS = [f"document number {i} " * (1 + i % 7) for i in range(24)]
+
+
+class SmallDevice:
+    """The real scorer on a pretend device that holds at most ``limit`` tokens per pass:
+    bigger passes raise the same OutOfMemoryError CUDA raises."""
+
+    def __init__(self, scorer, limit: int):
+        self._scorer, self.limit, self.calls = scorer, limit, []
+
+    def __getattr__(self, name):
+        return getattr(self._scorer, name)
+
+    def _check(self, batch):
+        self.calls.append(batch.num_tokens)
+        if batch.num_tokens > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    def logits(self, batch, contexts=()):
+        self._check(batch)
+        return self._scorer.logits(batch, contexts)
+
+    def contexts(self, batch):
+        self._check(batch)
+        return self._scorer.contexts(batch)
+
+
+def constrained(reranker, limit, **settings):
+    device = SmallDevice(reranker.engine.scorer, limit)
+    engine = Engine(device, Settings(**settings))
+    return Reranker(engine, reranker.encoder, settings=engine.settings), device
+
+
+def test_out_of_memory_splits_passes_and_keeps_scores(reranker):
+    want = reranker.score(QUERY, DOCS)
+    small, device = constrained(reranker, limit=150)
+    got = small.score(QUERY, DOCS)
+    assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 1e-6
+    assert max(device.calls) > 150  # a pass did run out of memory...
+    assert small.engine.passes > reranker.engine.max_batch_tokens // 8192  # ...and was split
+
+
+def test_a_single_prompt_too_large_fails_clearly(reranker):
+    small, _ = constrained(reranker, limit=60)
+    with pytest.raises(DocumentTooLargeError, match=r"a prompt of [\d,]+ tokens does not fit"):
+        small.score(QUERY, ["long " * 200, "short"])
+
+
+def test_warmup_fails_at_boot_when_the_budget_does_not_fit(reranker):
+    small, _ = constrained(reranker, limit=1000, max_batch_tokens=4096)
+    with pytest.raises(BudgetTooLargeError, match="RERANKER_MAX_BATCH_TOKENS=4096"):
+        small.engine.warmup()
+    fits, device = constrained(reranker, limit=5000, max_batch_tokens=4096)
+    fits.engine.warmup()
+    assert max(device.calls) == 4096  # the warm-up pass runs the whole budget
+
+
+@pytest.mark.parametrize(
+    "mode,docs,expected",
+    [("auto", 1, False), ("auto", 2, True), ("on", 1, True), ("off", 5, False)],
+)
+def test_prefix_reuse_decision(reranker, mode, docs, expected):
+    engine = Engine(reranker.engine.scorer, Settings(prefix_reuse=mode))
+    encoded = reranker.encoder.encode("i", "q", ["d"] * docs, 8192)
+    assert engine.reuses_prefix(encoded) is expected
+
+
+def test_float16_overflow_is_a_clear_error(tmp_path, tokenizer):
+    path = save_random_model(tmp_path / "hot", tokenizer=tokenizer, initializer_range=0.3)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(path / "model.safetensors")
+    weights["model.layers.0.mlp.down_proj.weight"] *= 3e4  # fine in float32, inf in float16
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    fp32 = Reranker.load(path, device="cpu", dtype="float32", settings=Settings())
+    assert all(0.0 <= s <= 1.0 for s in fp32.score(QUERY, DOCS[:3]))
+    fp16 = Reranker.load(path, device="cpu", dtype="float16", settings=Settings())
+    with pytest.raises(NonFiniteError, match=r"float16.*RERANKER_DTYPE=bfloat16"):
+        fp16.score(QUERY, DOCS[:3])
+    with pytest.raises(NonFiniteError):
+        fp16.rank(QUERY, DOCS[:3])
