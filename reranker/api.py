@@ -116,7 +116,11 @@ class Reranker:
             source, dtype=dt, device_map=str(dev), revision=revision
         )
         scorer = QwenScorer(
-            hf_model, yes_id=encoder.yes_id, no_id=encoder.no_id, attention=settings.attention
+            hf_model,
+            yes_id=encoder.yes_id,
+            no_id=encoder.no_id,
+            attention=settings.attention,
+            compile=settings.compile,
         )
         engine = Engine(scorer, settings)
         if settings.warmup and dev.type == "cuda":

@@ -44,6 +44,7 @@ class Settings:
     prefix_reuse: str = "auto"  # auto | on | off
     max_batch_tokens: int | None = None  # None: DEFAULT_MAX_BATCH_TOKENS_{CUDA,CPU}
     warmup: bool = True  # one pass at the token budget during setup (CUDA only)
+    compile: bool = False  # torch.compile the layer math (fuses norms, RoPE, SiLU); CUDA
     replicas: int | None = None  # model copies; None: one per visible GPU (one on CPU)
     # Request limits, checked before any model work. Defaults fit an 80 GB card and keep one
     # request under about a minute of H100 time.

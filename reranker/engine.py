@@ -62,9 +62,22 @@ class Engine:
     # -- per request ---------------------------------------------------------------------
 
     def reuses_prefix(self, encoded: EncodedRequest) -> bool:
-        """Whether to compute the shared prefix once: pays as soon as two documents share it."""
+        """Whether to compute the shared prefix once and continue it for every document.
+
+        On CUDA it pays as soon as two documents share the prefix. On CPU the continued
+        attention goes through a materialized mask, which costs more than recomputing a short
+        prefix for long documents, so there it is reused only for documents of at most four
+        times the prefix's length (measured: bench/results/cpu-*.txt).
+        """
         mode = self.settings.prefix_reuse
-        return mode == "on" or (mode == "auto" and len(encoded.documents) >= 2)
+        if mode != "auto":
+            return mode == "on"
+        docs = encoded.documents
+        if len(docs) < 2:
+            return False
+        if self.scorer.device.type == "cuda":
+            return True
+        return sum(map(len, docs)) <= 4 * len(encoded.context) * len(docs)
 
     def items(self, encoded: EncodedRequest) -> list[Item]:
         """The request's documents as work items (building the shared context if reused)."""
@@ -168,6 +181,8 @@ class Engine:
         try:
             (context,) = self._context_pass([(filler,) * 64])
             self._score_pass([Item((filler,) * budget, context)])
+            # one and several segments: settles compiled graphs (if any) before real traffic
+            self._score_pass([Item((filler,) * 7, context), Item((filler,) * 5)])
         except torch.OutOfMemoryError:
             pass
         else:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .attention import Backend, select_backend
 from .packing import PackedBatch
@@ -49,6 +50,30 @@ class ContextKV:
         return self.k.nbytes + self.v.nbytes
 
 
+def _layer_weights(layer) -> tuple[tuple, tuple]:
+    a, m = layer.self_attn, layer.mlp
+    pre = (
+        layer.input_layernorm.weight,
+        a.q_proj.weight,
+        a.q_proj.bias,
+        a.k_proj.weight,
+        a.k_proj.bias,
+        a.v_proj.weight,
+        a.v_proj.bias,
+        a.q_norm.weight,
+        a.k_norm.weight,
+    )
+    post = (
+        a.o_proj.weight,
+        a.o_proj.bias,
+        layer.post_attention_layernorm.weight,
+        m.gate_proj.weight,
+        m.up_proj.weight,
+        m.down_proj.weight,
+    )
+    return pre, post
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding on (T, H, D) with per-token (T, D) tables (rotate-half convention)."""
     half = x.shape[-1] // 2
@@ -59,7 +84,16 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 class QwenScorer:
     """A loaded Qwen3ForCausalLM turned into a scoring function over packed batches."""
 
-    def __init__(self, hf_model, *, yes_id: int, no_id: int, attention: str = "auto") -> None:
+    def __init__(
+        self,
+        hf_model,
+        *,
+        yes_id: int,
+        no_id: int,
+        attention: str = "auto",
+        release_lm_head: bool = True,
+        compile: bool = False,
+    ) -> None:
         config = hf_model.config
         if getattr(config, "model_type", None) != "qwen3":
             raise UnsupportedModelError(
@@ -80,13 +114,22 @@ class QwenScorer:
         self.device = self.embed.weight.device
         self.dtype = self.embed.weight.dtype
         self.norm_weight = core.norm.weight.detach().float()
-        self.norm_eps = float(core.norm.variance_epsilon)
         vocab = hf_model.get_output_embeddings().weight
         if max(yes_id, no_id) >= vocab.shape[0]:
             raise UnsupportedModelError("the yes/no token ids are outside the model's vocabulary")
         self.head = (vocab[yes_id].detach().float() - vocab[no_id].detach().float()).contiguous()
-        if not config.tie_word_embeddings:
+        if release_lm_head and not config.tie_word_embeddings:
             hf_model.lm_head = None  # 1.2 GB on the 8B model that scoring never reads
+        if getattr(config, "hidden_act", "silu") != "silu":
+            raise UnsupportedModelError(f"MLP activation {config.hidden_act!r} (expected silu)")
+        self.norm_eps = float(config.rms_norm_eps)
+        self.layer_weights = [_layer_weights(layer) for layer in self.layers]
+        self._pre, self._post = attention_inputs, attention_output_and_mlp
+        if compile:
+            # One graph per function serves all layers (weights are arguments); dynamic shapes
+            # so that passes of any size reuse it. Falls back to eager if compilation fails.
+            self._pre = CompiledOrEager(attention_inputs)
+            self._post = CompiledOrEager(attention_output_and_mlp)
         self._model = hf_model.eval().requires_grad_(False)
         self.attention: Backend = select_backend(
             attention,
@@ -147,16 +190,9 @@ class QwenScorer:
         if contexts:
             pool_k = torch.cat([c.k for c in contexts], dim=1)
             pool_v = torch.cat([c.v for c in contexts], dim=1)
-        t = batch.num_tokens
         last_layer = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            x = layer.input_layernorm(h)
-            q = attn.q_norm(attn.q_proj(x).view(t, self.num_heads, self.head_dim))
-            k = attn.k_norm(attn.k_proj(x).view(t, self.num_kv_heads, self.head_dim))
-            v = attn.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
-            del x
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        for i, (pre, post) in enumerate(self.layer_weights):
+            q, k, v = self._pre(h, *pre, cos, sin, self.norm_eps)
             if capture is not None:
                 capture.append((k, v))
                 if i == last_layer:
@@ -167,7 +203,57 @@ class QwenScorer:
             del q, k, v
             if i == last_layer:  # only the last token of each segment is read
                 h, o = h[batch.last_index], o[batch.last_index]
-            h = h + attn.o_proj(o.reshape(o.shape[0], -1))
+            h = self._post(h, o, *post, self.norm_eps)
             del o
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
         return h
+
+
+class CompiledOrEager:
+    """``torch.compile(fn)``, or ``fn`` itself once compilation has failed (logged once)."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+        self.compiled = torch.compile(fn, dynamic=True)
+        self.failed = False
+
+    def __call__(self, *args):
+        if not self.failed:
+            try:
+                return self.compiled(*args)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:  # compiler or toolchain trouble: eager is always correct
+                log.warning(
+                    "torch.compile of %s failed (%s); running eagerly", self.fn.__name__, exc
+                )
+                self.failed = True
+        return self.fn(*args)
+
+
+# -- one decoder layer, as pure functions of its weights ---------------------------------------
+# The same math as transformers' Qwen3DecoderLayer (RMSNorm in float32, rotate-half RoPE,
+# SiLU-gated MLP), written over tensors so that one compiled graph serves every layer.
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(dtype)
+
+
+def attention_inputs(h, ln, wq, bq, wk, bk, wv, bv, qn, kn, cos, sin, eps: float):
+    """input norm -> q, k, v projections -> per-head q/k norms -> rotary: (T, heads, dim)."""
+    t, dim = h.shape[0], qn.shape[0]
+    x = rms_norm(h, ln, eps)
+    q = rms_norm(F.linear(x, wq, bq).view(t, -1, dim), qn, eps)
+    k = rms_norm(F.linear(x, wk, bk).view(t, -1, dim), kn, eps)
+    v = F.linear(x, wv, bv).view(t, -1, dim)
+    return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+
+
+def attention_output_and_mlp(h, o, wo, bo, ln, wg, wu, wd, eps: float):
+    """output projection + residual -> post-attention norm -> SiLU-gated MLP + residual."""
+    h = h + F.linear(o.flatten(1), wo, bo)
+    x = rms_norm(h, ln, eps)
+    return h + F.linear(F.silu(F.linear(x, wg)) * F.linear(x, wu), wd)

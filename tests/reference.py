@@ -30,9 +30,14 @@ def format_instruction(instruction, query, doc):
 
 
 class Recipe:
-    def __init__(self, model_dir, max_length: int = 8192):
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    def __init__(self, model_dir=None, max_length: int = 8192, *, tokenizer=None, model=None):
+        """From a checkpoint directory (float32), or from an in-memory tokenizer and model."""
+        if model_dir is not None:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        tokenizer.padding_side = "left"
+        self.tokenizer = tokenizer
+        self.model = model.eval()
         self.token_false_id = self.tokenizer.convert_tokens_to_ids("no")
         self.token_true_id = self.tokenizer.convert_tokens_to_ids("yes")
         self.max_length = max_length
@@ -61,9 +66,10 @@ class Recipe:
 
     def process_inputs(self, pairs, max_length=None, literal=False):
         ids = self.input_ids(pairs, max_length, literal)
-        return self.tokenizer.pad(
+        inputs = self.tokenizer.pad(
             {"input_ids": ids}, padding=True, return_tensors="pt", max_length=max_length
         )
+        return {key: value.to(self.model.device) for key, value in inputs.items()}
 
     @torch.no_grad()
     def compute_logits(self, inputs, last_only=False):

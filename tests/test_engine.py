@@ -69,12 +69,18 @@ def test_warmup_fails_at_boot_when_the_budget_does_not_fit(reranker):
 
 
 @pytest.mark.parametrize(
-    "mode,docs,expected",
-    [("auto", 1, False), ("auto", 2, True), ("on", 1, True), ("off", 5, False)],
+    "mode,docs,words,expected",
+    [
+        ("auto", 1, 1, False),  # nothing to share
+        ("auto", 2, 1, True),  # short documents: the prefix is most of the work
+        ("auto", 2, 2000, False),  # long documents on CPU: recomputing the prefix is cheaper
+        ("on", 1, 1, True),
+        ("off", 5, 1, False),
+    ],
 )
-def test_prefix_reuse_decision(reranker, mode, docs, expected):
+def test_prefix_reuse_decision_on_cpu(reranker, mode, docs, words, expected):
     engine = Engine(reranker.engine.scorer, Settings(prefix_reuse=mode))
-    encoded = reranker.encoder.encode("i", "q", ["d"] * docs, 8192)
+    encoded = reranker.encoder.encode("i", "q", ["word " * words] * docs, 8192)
     assert engine.reuses_prefix(encoded) is expected
 
 
