@@ -21,7 +21,7 @@ DEFAULT_MAX_LENGTH = 8192
 MAX_LENGTH_LIMIT = 32768
 # Requests served at once by one instance. Their documents share forward passes, so this
 # is what lets small concurrent requests fill the GPU; beyond it the server answers 409.
-MAX_CONCURRENCY = 32
+MAX_CONCURRENCY = 16
 
 
 class RankedDocument(BaseModel):

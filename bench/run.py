@@ -224,9 +224,10 @@ async def _clients(reranker, scheduler, requests, k):
     await asyncio.gather(*(client() for _ in range(k)))
 
 
-def concurrency_rows(reranker, tokenizer, device, levels, n_requests, docs_per_request):
+def concurrency_rows(reranker, tokenizer, device, levels, n_requests, docs_per_request, median):
+    """RAG-like traffic: many small requests (own query each), K clients in a closed loop."""
     source = workloads.TextSource(tokenizer, seed=7)
-    lengths = workloads.lognormal_lengths(n_requests * docs_per_request, seed=7)
+    lengths = workloads.lognormal_lengths(n_requests * docs_per_request, seed=7, median=median)
     requests = []
     for r in range(n_requests):
         docs = [
@@ -241,7 +242,7 @@ def concurrency_rows(reranker, tokenizer, device, levels, n_requests, docs_per_r
         )
         tokens = sum(p.num_tokens for p in requests)
         row = Row(
-            f"{n_requests}x{docs_per_request}",
+            f"{n_requests}x{docs_per_request}@{median}",
             f"reranker, {k} clients",
             seconds,
             n_requests * docs_per_request,
@@ -290,7 +291,7 @@ def aten_varlen(scorer) -> VarlenAttention | None:
     return None
 
 
-def ours(model, encoder, settings: Settings, attention: str = "auto", compile=False) -> Reranker:
+def ours(model, encoder, settings: Settings, attention: str = "auto", compile=None) -> Reranker:
     scorer = QwenScorer(
         model,
         yes_id=encoder.yes_id,
@@ -386,11 +387,21 @@ def main() -> None:
         return row, scores
 
     recipe = Recipe(tokenizer=tokenizer, model=model)
+    t0 = time.perf_counter()
     rr = ours(model, encoder, Settings())
-    report["attention"] = rr.engine.scorer.attention.name
-    print(f"# attention: {report['attention']}; {rr.engine.max_batch_tokens} tokens per pass")
+    scorer = rr.engine.scorer
+    report["attention"] = scorer.attention.name
+    report["compiled"] = scorer.compiled
+    print(
+        f"# attention: {report['attention']}; compiled: {scorer.compiled}; "
+        f"{rr.engine.max_batch_tokens} tokens per pass; ready in {time.perf_counter() - t0:.0f}s"
+    )
+    # the same engine without torch.compile, when compile is the default here
+    eager = ours(model, encoder, Settings(), compile=False) if scorer.compiled else None
     warm = workloads.Workload("warm", work[0].documents[:16], 8192)
     recipe_scores(recipe, warm), baseline_scores(recipe, warm), ours_scores(rr, warm)
+    if eager is not None:
+        ours_scores(eager, warm)
 
     references = {}
     with section("recipe vs baseline vs reranker", report, out):
@@ -403,6 +414,8 @@ def main() -> None:
             print(
                 f"#   -> {a.seconds / c.seconds:.2f}x the recipe, {b.seconds / c.seconds:.2f}x (b)"
             )
+            if eager is not None:
+                run("reranker eager", lambda w=w: ours_scores(eager, w), w, True, ref)
         run(f"reranker {dtype_name}", lambda: ours_scores(rr, huge), huge)
 
     if device == "cuda" and "sdpa" not in skip:
@@ -419,15 +432,6 @@ def main() -> None:
                 for w in work[:2]:
                     ref = references.get(w.name)
                     run("reranker aten-varlen", lambda w=w: ours_scores(sd, w), w, True, ref)
-
-    if "compile" not in skip and device == "cuda":
-        with section("torch.compile", report, out):
-            t0 = time.perf_counter()
-            rc = ours(model, encoder, Settings(compile=True), compile=True)
-            print(f"# compiled engine ready in {time.perf_counter() - t0:.0f}s", flush=True)
-            for w in work:
-                ref = references.get(w.name)
-                run("reranker compiled", lambda w=w: ours_scores(rc, w), w, True, ref)
 
     if "sweep" not in skip:
         with section("budget and batch-size sweep", report, out):
@@ -446,7 +450,8 @@ def main() -> None:
 
     if "concurrency" not in skip:
         with section("cross-request batching", report, out):
-            rows += concurrency_rows(rr, tokenizer, device, [1, 8, 32], 16 if quick else 32, 20)
+            n = 16 if quick else 64
+            rows += concurrency_rows(rr, tokenizer, device, [1, 4, 16, 32], n, 16, median=100)
 
     if device == "cuda" and "bf16" not in skip:
         with section("bfloat16", report, out):

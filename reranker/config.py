@@ -44,7 +44,9 @@ class Settings:
     prefix_reuse: str = "auto"  # auto | on | off
     max_batch_tokens: int | None = None  # None: DEFAULT_MAX_BATCH_TOKENS_{CUDA,CPU}
     warmup: bool = True  # one pass at the token budget during setup (CUDA only)
-    compile: bool = False  # torch.compile the layer math (fuses norms, RoPE, SiLU); CUDA
+    # torch.compile the layer math (fuses norms, RoPE, SiLU): +30% on an H100 (bench/results).
+    # None: on for CUDA, off for CPU (where it needs a C++ toolchain and gains little).
+    compile: bool | None = None
     replicas: int | None = None  # model copies; None: one per visible GPU (one on CPU)
     # Request limits, checked before any model work. Defaults fit an 80 GB card and keep one
     # request under about a minute of H100 time.
@@ -70,7 +72,7 @@ class Settings:
             name = ENV_PREFIX + f.name.upper()
             raw = env.get(name, "").strip()
             if raw:
-                values[f.name] = _parse(name, raw, f.default)
+                values[f.name] = _parse(name, raw)
         settings = cls(**values)
         settings.validate()
         return settings
@@ -92,14 +94,20 @@ class Settings:
 DTYPE_NAMES = ("float16", "bfloat16", "float32")
 
 
-def _parse(name: str, raw: str, default):
-    if isinstance(default, bool):
+_BOOLS = {"warmup", "compile"}
+_INTS = {"max_batch_tokens", "replicas", "max_documents", "max_document_chars"}
+_INTS |= {"max_query_chars", "max_total_chars", "max_request_tokens"}
+
+
+def _parse(name: str, raw: str):
+    field = name.removeprefix(ENV_PREFIX).lower()
+    if field in _BOOLS:
         if raw.lower() in ("1", "true", "yes", "on"):
             return True
         if raw.lower() in ("0", "false", "no", "off"):
             return False
         raise SettingsError(f"{name} must be true or false, not {raw!r}")
-    if isinstance(default, int) or name.endswith(("MAX_BATCH_TOKENS", "REPLICAS")):
+    if field in _INTS:
         try:
             value = int(raw)
         except ValueError:

@@ -92,7 +92,7 @@ class QwenScorer:
         no_id: int,
         attention: str = "auto",
         release_lm_head: bool = True,
-        compile: bool = False,
+        compile: bool | None = None,
     ) -> None:
         config = hf_model.config
         if getattr(config, "model_type", None) != "qwen3":
@@ -125,6 +125,9 @@ class QwenScorer:
         self.norm_eps = float(config.rms_norm_eps)
         self.layer_weights = [_layer_weights(layer) for layer in self.layers]
         self._pre, self._post = attention_inputs, attention_output_and_mlp
+        if compile is None:
+            compile = self.device.type == "cuda"
+        self.compiled = compile
         if compile:
             # One graph per function serves all layers (weights are arguments); dynamic shapes
             # so that passes of any size reuse it. Falls back to eager if compilation fails.
