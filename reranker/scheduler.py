@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from .batching import length_order
 from .engine import Engine, Item
 from .model import ContextKV
+from .tokenization import EncodedRequest
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class RequestStats:
 
 @dataclass(eq=False)
 class _Request:
-    encoded: object  # EncodedRequest of the unique documents
+    encoded: EncodedRequest  # of the unique documents
     batch_size: int
     reuse: bool
     loop: asyncio.AbstractEventLoop
@@ -87,12 +88,13 @@ class Scheduler:
     # -- caller side (event loop) ---------------------------------------------------------
 
     async def logits(
-        self, encoded, *, batch_size: int, on_progress=None
+        self, encoded, *, batch_size: int, on_progress=None, on_cancel=None
     ) -> tuple[list[float], RequestStats]:
         """Logits of every document of ``encoded`` (input order) and what they cost.
 
         ``on_progress(done, total, stats)`` is called on the caller's event loop after each
-        pass that included documents of this request.
+        pass that included documents of this request; ``on_cancel(dropped, total)`` when the
+        caller is cancelled, with the number of documents that left the queue unscored.
         """
         n = len(encoded.documents)
         req = _Request(
@@ -117,17 +119,25 @@ class Scheduler:
                     on_progress(n - req.remaining, n, req.stats)
                 if kind == "done":
                     return list(req.logits), req.stats  # type: ignore[arg-type]
+        except asyncio.CancelledError:
+            dropped = self.cancel(req)
+            if on_cancel is not None:
+                on_cancel(dropped, n)
+            raise
         except BaseException:
             self.cancel(req)
             raise
 
-    def cancel(self, req: _Request) -> None:
+    def cancel(self, req: _Request) -> int:
+        """Drop the request's documents that no pass has taken yet; returns how many."""
         with self._cond:
+            dropped = len(req.pending)
             req.cancelled = True
             req.pending.clear()
             if req in self._waiting:
                 self._waiting.remove(req)
             req.contexts.clear()
+            return dropped
 
     def close(self) -> None:
         with self._cond:

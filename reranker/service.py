@@ -98,9 +98,16 @@ class RerankService:
             top_k=top_k,
         )
         tokenize_seconds = time.perf_counter() - started
-        progress = _ProgressLog(say, len(prepared.encoded.documents), time.perf_counter())
+        progress = _ProgressLog(say, len(prepared.documents), time.perf_counter())
+
+        def cancelled(dropped: int, unique: int) -> None:
+            say(f"cancelled: {dropped} of {unique} distinct documents left the queue unscored")
+
         logits, stats = await self.scheduler.logits(
-            prepared.encoded, batch_size=prepared.batch_size, on_progress=progress
+            prepared.encoded,
+            batch_size=prepared.batch_size,
+            on_progress=progress,
+            on_cancel=cancelled,
         )
         result = Reranker.result(prepared, prepared.expand(logits), top_k, return_documents)
         metrics = Metrics(
@@ -123,12 +130,16 @@ class _ProgressLog:
     started: float
     last: float = 0.0
 
-    def __call__(self, done: int, total: int, stats: RequestStats) -> None:
+    def __call__(self, done: int, unique: int, stats: RequestStats) -> None:
+        """``done`` of ``unique`` distinct documents; shown over the request's own count."""
         now = time.perf_counter()
-        if done < total and now - self.last < PROGRESS_INTERVAL_S:
+        if done < unique and now - self.last < PROGRESS_INTERVAL_S:
             return
-        if done == total and stats.passes <= 1:
+        if done == unique and stats.passes <= 1:
             return
         self.last = now
+        shown = self.total if done == unique else self.total * done // unique
         rate = stats.tokens / max(now - self.started, 1e-9)
-        self.say(f"scored {done}/{total} documents ({stats.passes} passes, {rate:,.0f} tokens/s)")
+        self.say(
+            f"scored {shown}/{self.total} documents ({stats.passes} passes, {rate:,.0f} tokens/s)"
+        )
