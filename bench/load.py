@@ -56,18 +56,6 @@ def same(body: dict, want: dict) -> bool:
     )
 
 
-def same(body: dict, want: dict) -> bool:
-    """Succeeded, same ranking, scores within 1e-5 of the library's solo run."""
-    if body.get("status") != "succeeded":
-        return False
-    got = body["output"]["results"]
-    if [r["index"] for r in got] != [r["index"] for r in want["results"]]:
-        return False
-    return all(
-        abs(a["score"] - b["score"]) <= 1e-5 for a, b in zip(got, want["results"], strict=True)
-    )
-
-
 def run_clients(server: LocalCogServer, requests: list[dict], clients: int) -> tuple[float, list]:
     def client(chunk):
         return [server.predict(r, timeout=600, retry_409_for=600) for r in chunk]
