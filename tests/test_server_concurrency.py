@@ -73,8 +73,7 @@ def test_concurrent_clients_get_their_own_exact_results(server, reranker):
     for spec in specs:
         assert server.predict(spec)[1]["status"] == "succeeded"
     sequential_s = time.perf_counter() - started
-    print(f"
-{CLIENTS} clients: {concurrent_s:.1f}s; one by one: {sequential_s:.1f}s")
+    print(f"{CLIENTS} clients: {concurrent_s:.1f}s; one by one: {sequential_s:.1f}s")
     assert server.health()["status"] == "READY"
 
 
