@@ -54,6 +54,15 @@ class PreparedRequest:
         return [unique_values[j] for j in self.inverse]
 
 
+class ModelLoadError(RuntimeError):
+    """The checkpoint's files could not be read (one line, no traceback, in the setup log)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or device == "":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -110,11 +119,23 @@ class Reranker:
         dt = resolve_dtype(dtype if dtype is not None else settings.dtype, dev)
         started = time.perf_counter()
         source = os.fspath(model)
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"cannot load the tokenizer from {source}: {_first_line(exc)}"
+            ) from exc
         encoder = PromptEncoder(tokenizer)
-        hf_model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dt, device_map=str(dev), revision=revision
-        )
+        try:
+            hf_model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=dt, device_map=str(dev), revision=revision
+            )
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(
+                f"cannot load the model from {source}: {_first_line(exc)}"
+            ) from exc
         scorer = QwenScorer(
             hf_model,
             yes_id=encoder.yes_id,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .api import Reranker
-from .config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, Settings
+from .config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, Settings, SettingsError
 from .scheduler import RequestStats, Scheduler
 from .scoring import RerankResult
 from .validation import check_bool
@@ -43,6 +43,10 @@ def replica_devices(settings: Settings) -> list[str]:
     """One replica per visible GPU unless ``RERANKER_DEVICE`` names one device."""
     count = settings.replicas
     if settings.device:
+        if settings.device.startswith("cuda") and not torch.cuda.is_available():
+            raise SettingsError(
+                f"RERANKER_DEVICE={settings.device}, but this machine has no usable CUDA device"
+            )
         return [settings.device] * (count or 1)
     if torch.cuda.is_available():
         gpus = torch.cuda.device_count()

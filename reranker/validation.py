@@ -6,6 +6,7 @@ same message reaches an HTTP client through Cog's ``"error"`` field.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +15,21 @@ from .config import MAX_LENGTH_LIMIT, Settings
 
 def _kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
+
+
+def valid_unicode(text: str) -> str:
+    """``text`` with unpaired surrogates (not encodable as UTF-8) replaced by U+FFFD.
+
+    A Python string can hold them (e.g. from ``"\\ud800"`` in JSON); the tokenizer cannot.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def check_text(name: str, value: Any, *, max_chars: int, allow_empty: bool) -> str:
@@ -25,7 +41,7 @@ def check_text(name: str, value: Any, *, max_chars: int, allow_empty: bool) -> s
         raise ValueError(f"{name} must not be empty")
     if len(value) > max_chars:
         raise ValueError(f"{name} has {len(value):,} characters; the limit is {max_chars:,}")
-    return value
+    return valid_unicode(value)
 
 
 def check_int(name: str, value: Any, *, low: int, high: int | None = None) -> int:
@@ -56,6 +72,7 @@ def check_documents(documents: Any, settings: Settings) -> list[str]:
             f"documents has {len(documents):,} items; the limit is {settings.max_documents:,}"
         )
     total = 0
+    docs = []
     for i, doc in enumerate(documents):
         if not isinstance(doc, str):
             raise ValueError(f"documents[{i}] must be a string, got {_kind(doc)}")
@@ -65,11 +82,12 @@ def check_documents(documents: Any, settings: Settings) -> list[str]:
                 f"the limit is {settings.max_document_chars:,}"
             )
         total += len(doc)
+        docs.append(valid_unicode(doc))
     if total > settings.max_total_chars:
         raise ValueError(
             f"documents hold {total:,} characters in all; the limit is {settings.max_total_chars:,}"
         )
-    return list(documents)
+    return docs
 
 
 def check_request(
@@ -85,7 +103,9 @@ def check_request(
     """Validate one request's arguments; returns the normalized (query, documents, instruction)."""
     query = check_text("query", query, max_chars=settings.max_query_chars, allow_empty=False)
     if instruction is not None:  # None: the model card's default instruction
-        check_text("instruction", instruction, max_chars=settings.max_query_chars, allow_empty=True)
+        instruction = check_text(
+            "instruction", instruction, max_chars=settings.max_query_chars, allow_empty=True
+        )
     docs = check_documents(documents, settings)
     check_int("max_length", max_length, low=1, high=MAX_LENGTH_LIMIT)
     check_int("batch_size", batch_size, low=1)
