@@ -127,3 +127,21 @@ def save_random_model(path: str | Path, *, seed: int = 0, tokenizer=None, **over
     model.save_pretrained(path)
     (tokenizer or build_tokenizer()).save_pretrained(path)
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m reranker.offline DIR``: a tiny random-weight Qwen3 reranker for trying the
+    plumbing (CLI, server) without the 16 GB checkpoint. Its scores mean nothing."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m reranker.offline", description=main.__doc__)
+    p.add_argument("dest", help="folder to write the model to")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    path = save_random_model(args.dest, seed=args.seed, initializer_range=0.3)
+    print(f"wrote a tiny random Qwen3 reranker to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -135,9 +135,17 @@ def _model_root(path: Path) -> Path:
 # -- hub -------------------------------------------------------------------------------------
 
 
-def download_from_hub(repo_id: str, revision: str | None, cache: Path) -> str:
+MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+
+
+def download_from_hub(
+    repo_id: str, revision: str | None, cache: Path, *, local_dir: Path | None = None
+) -> str:
     """``snapshot_download`` with Xet's high-performance mode (Cog's ``environment:`` cannot
-    set the hub's transfer variables, so they are set here, before the hub reads them)."""
+    set the hub's transfer variables, so they are set here, before the hub reads them).
+
+    Into the hub cache under ``cache`` (reused on restart), or into ``local_dir`` (baking).
+    """
     os.environ.setdefault("HF_XET_HIGH_PERFORMANCE", "1")
     import huggingface_hub
     from huggingface_hub import constants
@@ -148,9 +156,11 @@ def download_from_hub(repo_id: str, revision: str | None, cache: Path) -> str:
             repo_id,
             revision=revision,
             cache_dir=str(cache / "hub"),
-            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"],
+            local_dir=None if local_dir is None else str(local_dir),
+            allow_patterns=MODEL_FILES,
         )
     except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(
-            f"could not download {repo_id}@{revision or 'main'} from the hub: {exc}"
+            f"could not download {repo_id}@{revision or 'main'} from the hub: {first}"
         ) from exc

@@ -144,7 +144,7 @@ def test_fuzz_and_soak(server, reranker):
         else:
             problems.append((label, status, raw[:300]))
     kinds: dict[str, int] = {}
-    for label, status, raw in answers:
+    for _, status, raw in answers:
         kind = str(status)
         if status == 200:
             kind = "200 " + json.loads(raw).get("status", "?")

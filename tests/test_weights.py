@@ -1,0 +1,171 @@
+"""Weights resolution order, with fake folders and a tarball served on 127.0.0.1."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from reranker import Reranker, Settings
+from reranker.config import HUB_MODEL_ID, HUB_REVISION
+from reranker.weights import COMPLETE_MARKER, WeightsError, resolve_weights
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fake_model(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    return path
+
+
+class TarballServer:
+    """Serves files from a folder on 127.0.0.1 and counts the requests."""
+
+    def __init__(self, folder: Path):
+        self.hits = 0
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self):
+                server.hits += 1
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), partial(Handler, directory=str(folder))
+        )
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, model_dir):
+    folder = tmp_path_factory.mktemp("served")
+    with tarfile.open(folder / "nested.tar", "w") as tar:
+        tar.add(model_dir, arcname="qwen3-reranker")  # one top-level folder
+    with tarfile.open(folder / "flat.tar.gz", "w:gz", compresslevel=1) as tar:
+        for f in model_dir.iterdir():
+            tar.add(f, arcname=f.name)
+    with tarfile.open(folder / "empty.tar", "w") as tar:
+        info = tarfile.TarInfo("README")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    server = TarballServer(folder)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def tarballs(served):
+    served.hits = 0
+    return served
+
+
+def test_reranker_model_local_dir_wins(tmp_path, tarballs):
+    model = fake_model(tmp_path / "mine")
+    fake_model(tmp_path / "weights")
+    settings = Settings(model=str(model), weights_url=tarballs.url("nested.tar"))
+    got = resolve_weights(settings, workdir=tmp_path)
+    assert got.path == str(model) and got.source.startswith("RERANKER_MODEL")
+    assert tarballs.hits == 0
+
+
+@pytest.mark.parametrize("name", ["/does/not/exist", "./relative/missing"])
+def test_reranker_model_missing_path_is_an_error(tmp_path, name):
+    with pytest.raises(WeightsError, match="does not exist"):
+        resolve_weights(Settings(model=name), workdir=tmp_path)
+
+
+def test_reranker_model_dir_without_config_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WeightsError, match=r"has no config\.json"):
+        resolve_weights(Settings(model=str(tmp_path / "empty")), workdir=tmp_path)
+
+
+def test_baked_weights_folder_comes_before_the_url(tmp_path, tarballs):
+    baked = fake_model(tmp_path / "weights")
+    got = resolve_weights(Settings(weights_url=tarballs.url("nested.tar")), workdir=tmp_path)
+    assert got.path == str(baked) and "baked" in got.source
+    assert tarballs.hits == 0
+
+
+@pytest.mark.parametrize("name", ["nested.tar", "flat.tar.gz"])
+def test_url_tarball_is_fetched_once_and_loads(tmp_path, tarballs, reranker, name):
+    settings = Settings(weights_url=tarballs.url(name), cache_dir=str(tmp_path / "cache"))
+    first = resolve_weights(settings, workdir=tmp_path)
+    assert first.source.startswith("RERANKER_WEIGHTS_URL") and tarballs.hits == 1
+    assert (Path(first.path) / "config.json").is_file()
+    again = resolve_weights(settings, workdir=tmp_path)  # a restart that kept its disk
+    assert again.path == first.path and tarballs.hits == 1
+    loaded = Reranker.load(first.path, device="cpu", settings=Settings())
+    assert loaded.score("q", ["a", "b"]) == reranker.score("q", ["a", "b"])
+
+
+def test_an_interrupted_download_is_redone(tmp_path, tarballs):
+    settings = Settings(weights_url=tarballs.url("nested.tar"), cache_dir=str(tmp_path / "c"))
+    first = Path(resolve_weights(settings, workdir=tmp_path).path)
+    top = next(p for p in first.parents if p.name.startswith("url-"))
+    (top / COMPLETE_MARKER).unlink()  # as if the process died before finishing
+    second = resolve_weights(settings, workdir=tmp_path)
+    assert tarballs.hits == 2 and (top / COMPLETE_MARKER).is_file()
+    assert (Path(second.path) / "config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "name,message", [("missing.tar", "HTTP Error 404"), ("empty.tar", "no config.json")]
+)
+def test_bad_tarballs_are_clear_errors(tmp_path, tarballs, name, message):
+    settings = Settings(weights_url=tarballs.url(name), cache_dir=str(tmp_path / "c"))
+    with pytest.raises(WeightsError, match=message):
+        resolve_weights(settings, workdir=tmp_path)
+    leftovers = list((tmp_path / "c").glob("*")) if (tmp_path / "c").exists() else []
+    assert not [p for p in leftovers if (p / COMPLETE_MARKER).exists()]
+
+
+def test_hub_is_last_at_the_pinned_revision_and_cached(tmp_path, monkeypatch, model_dir):
+    """Offline, the hub resolves from its cache: a restart finds the earlier download."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_XET_HIGH_PERFORMANCE", raising=False)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    cache = tmp_path / "cache"
+    settings = Settings(cache_dir=str(cache))
+    with pytest.raises(WeightsError, match=f"{HUB_MODEL_ID}@{HUB_REVISION}"):
+        resolve_weights(settings, workdir=tmp_path)
+    assert os.environ["HF_XET_HIGH_PERFORMANCE"] == "1"  # fast transfers, set from Python
+    repo = cache / "hub" / ("models--" + HUB_MODEL_ID.replace("/", "--"))
+    shutil.copytree(model_dir, repo / "snapshots" / HUB_REVISION)
+    got = resolve_weights(settings, workdir=tmp_path)
+    assert got.path == str(repo / "snapshots" / HUB_REVISION)
+    assert got.source.startswith(f"hub {HUB_MODEL_ID}@")
+
+
+def test_download_weights_script_fails_clearly_offline(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "script" / "download-weights"), "--dest", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"download-weights: could not download {HUB_MODEL_ID}@")
