@@ -70,9 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             top_k=args.top_k,
         )
         from .api import Reranker
+        from .config import HUB_MODEL_ID
 
+        revision = settings.hub_revision if args.model == HUB_MODEL_ID else None
         reranker = Reranker.load(
-            args.model, device=args.device, dtype=args.dtype, settings=settings
+            args.model, device=args.device, dtype=args.dtype, settings=settings, revision=revision
         )
         result = reranker.rank(
             args.query,

@@ -40,6 +40,21 @@ def test_good_request_matches_the_library(server, reranker):
     assert metrics["documents"] == 4 and metrics["tokens"] == want["usage"]["total_tokens"]
 
 
+def test_the_readme_curl_example_works(server):
+    from test_readme import local_curl_input
+
+    status, body = server.predict(local_curl_input())
+    assert status == 200 and body["status"] == "succeeded", body
+    assert len(body["output"]["results"]) == 2
+
+
+def test_progress_is_logged_for_long_requests(server):
+    docs = [f"document {i} " * 40 for i in range(120)]  # several passes at the CPU budget
+    _, body = server.predict({"query": QUERY, "documents": docs, "top_k": 1})
+    assert body["status"] == "succeeded"
+    assert "scored 120/120 documents (" in body["logs"]
+
+
 def test_defaults_follow_the_seed(server):
     docs = [f"document {i}" for i in range(8)]
     status, body = server.predict({"query": QUERY, "documents": docs})
