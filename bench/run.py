@@ -381,8 +381,18 @@ def main() -> None:
     report["rows"] = rows
 
     def run(label, fn, w, reuse=True, reference=None, r=None):
+        """One measurement; an engine that runs out of memory is reported, not fatal."""
         shapes = prompt_shapes(r or rr, w)
-        row, scores = measure(label, fn, w, device, shapes, flops, peak_flops, reuse, reference)
+        try:
+            row, scores = measure(label, fn, w, device, shapes, flops, peak_flops, reuse, reference)
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if "memory" not in str(exc):
+                raise
+            print(f"{w.name:<10} | {label:<22} | out of memory: {str(exc).splitlines()[0][:120]}")
+            report.setdefault("out_of_memory", []).append([w.name, label])
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            return None, None
         rows.append(row)
         return row, scores
 
@@ -410,10 +420,10 @@ def main() -> None:
             references[w.name] = ref
             b, _ = run("(b) baseline", lambda w=w: baseline_scores(recipe, w), w, False, ref)
             c, _ = run(f"reranker {dtype_name}", lambda w=w: ours_scores(rr, w), w, True, ref)
-            c.extra = {"vs_recipe": a.seconds / c.seconds, "vs_baseline": b.seconds / c.seconds}
-            print(
-                f"#   -> {a.seconds / c.seconds:.2f}x the recipe, {b.seconds / c.seconds:.2f}x (b)"
-            )
+            for other, name in ((a, "the recipe (a)"), (b, "the baseline (b)")):
+                if other is not None and c is not None:
+                    c.extra[f"vs {name}"] = other.seconds / c.seconds
+                    print(f"#   -> {other.seconds / c.seconds:.2f}x {name}", flush=True)
             if eager is not None:
                 run("reranker eager", lambda w=w: ours_scores(eager, w), w, True, ref)
         run(f"reranker {dtype_name}", lambda: ours_scores(rr, huge), huge)

@@ -329,7 +329,11 @@ def select_backend(
                     VarlenAttention(kernel, name=name, kv_groups=groups, native_gqa=native)
                 )
     if choice != "varlen":
-        candidates += [SdpaAttention(kv_groups=groups, native_gqa=n) for n in (True, False)]
+        # On CUDA, repeat the KV heads: with grouped heads SDPA may fall back to its math
+        # kernel (an L x L matrix: 69 GB at 32k tokens in float32), while with equal heads the
+        # memory-efficient kernel takes float32 and the bottom-right causal mask directly.
+        order = (False, True) if device.type == "cuda" else (True, False)
+        candidates += [SdpaAttention(kv_groups=groups, native_gqa=n) for n in order]
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2
     for backend in candidates:
         try:

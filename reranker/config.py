@@ -21,7 +21,7 @@ DEFAULT_BATCH_SIZE = 256  # documents per forward pass at most; the token budget
 # pass; 32768 lets the longest allowed document run in one pass within the budget, and its
 # activations (~4 GB) fit beside the weights on any 40 GB+ card. See bench/ for the sweep.
 DEFAULT_MAX_BATCH_TOKENS_CUDA = 32768
-DEFAULT_MAX_BATCH_TOKENS_CPU = 8192
+DEFAULT_MAX_BATCH_TOKENS_CPU = 4096  # fastest measured on a 2-core CPU (bench/results/cpu-*)
 
 ENV_PREFIX = "RERANKER_"
 

@@ -85,31 +85,21 @@ def test_varlen_packing_matches_reference(contexts, segments):
     assert torch.allclose(got, reference_attention(q, k, v, batch, ctx), atol=1e-5)
 
 
-def test_backend_selection_on_cpu():
-    backend = select_backend(
-        "auto",
+def select_on_cpu(choice: str):
+    return select_backend(
+        choice,
         heads=HEADS,
         kv_heads=KV_HEADS,
         dim=DIM,
         device=torch.device("cpu"),
         dtype=torch.float32,
     )
-    assert isinstance(backend, SdpaAttention)
+
+
+def test_backend_selection_on_cpu():
+    assert isinstance(select_on_cpu("auto"), SdpaAttention)
+    assert isinstance(select_on_cpu("sdpa"), SdpaAttention)
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        select_backend(
-            "varlen",
-            heads=HEADS,
-            kv_heads=KV_HEADS,
-            dim=DIM,
-            device=torch.device("cpu"),
-            dtype=torch.float32,
-        )
+        select_on_cpu("varlen")
     with pytest.raises(ValueError, match="auto, varlen or sdpa"):
-        select_backend(
-            "flash",
-            heads=HEADS,
-            kv_heads=KV_HEADS,
-            dim=DIM,
-            device=torch.device("cpu"),
-            dtype=torch.float32,
-        )
+        select_on_cpu("flash")
