@@ -35,17 +35,8 @@ from reference import Recipe  # noqa: E402
 
 from reranker import Reranker, Settings  # noqa: E402
 from reranker.localserver import LocalCogServer  # noqa: E402
-from reranker.offline import build_tokenizer, save_random_model  # noqa: E402
+from reranker.offline import QUARTER_8B, build_tokenizer, save_random_model  # noqa: E402
 
-QUARTER_8B = dict(
-    hidden_size=1024,
-    intermediate_size=3072,
-    num_hidden_layers=8,
-    num_attention_heads=16,
-    num_key_value_heads=4,
-    head_dim=64,
-    initializer_range=0.05,
-)
 QUERY = "What are the health benefits of green tea?"
 DOCS = [
     "Green tea contains antioxidants called catechins.",
@@ -84,7 +75,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp())
     started = time.perf_counter()
     spec = QUARTER_8B if device == "cuda" else dict(QUARTER_8B, hidden_size=256, head_dim=32)
-    path = save_random_model(tmp / "model", tokenizer=tokenizer, **spec)
+    path = save_random_model(tmp / "model", tokenizer=tokenizer, initializer_range=0.05, **spec)
     from safetensors.torch import load_file, save_file
 
     weights = {k: v.to(torch.bfloat16) for k, v in load_file(path / "model.safetensors").items()}

@@ -1,6 +1,6 @@
 """Side-by-side benchmark: the model card recipe, a strong baseline, and this project.
 
-    uv run python bench/run.py --device cpu             # scaled Qwen3 on CPU (see CPU_MODEL)
+    uv run python bench/run.py --device cpu             # scaled Qwen3 on CPU (see CPU_SCALE)
     python3 bench/run.py --device cuda --tokenizer DIR  # the 8B architecture on one GPU
     uv run python bench/run.py --device cpu --quick     # proves the GPU script runs, in minutes
 
@@ -42,19 +42,10 @@ from reranker import Reranker, Settings  # noqa: E402
 from reranker.attention import VarlenAttention, _self_check, find_varlen_kernels  # noqa: E402
 from reranker.engine import Engine  # noqa: E402
 from reranker.model import QwenScorer  # noqa: E402
-from reranker.offline import QWEN3_8B, build_tokenizer, qwen3_config  # noqa: E402
+from reranker.offline import CPU_SCALE, QWEN3_8B, build_tokenizer, qwen3_config  # noqa: E402
 from reranker.scheduler import Scheduler  # noqa: E402
 from reranker.tokenization import PromptEncoder  # noqa: E402
 
-# The CPU stand-in: the 8B's tokenizer, vocabulary and layout, scaled down ~100x in width.
-CPU_MODEL = dict(
-    hidden_size=256,
-    intermediate_size=768,
-    num_hidden_layers=4,
-    num_attention_heads=8,
-    num_key_value_heads=2,
-    head_dim=32,
-)
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense fp16/bf16
 
 
@@ -261,9 +252,9 @@ def concurrency_rows(reranker, tokenizer, device, levels, n_requests, docs_per_r
 def build_model(device: str, dtype: torch.dtype, quick: bool):
     from transformers import AutoModelForCausalLM
 
-    spec = QWEN3_8B if device == "cuda" and not quick else CPU_MODEL
+    spec = QWEN3_8B if device == "cuda" and not quick else CPU_SCALE
     if quick:
-        spec = dict(CPU_MODEL, num_hidden_layers=2)
+        spec = dict(CPU_SCALE, num_hidden_layers=2)
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(qwen3_config(**spec), dtype=dtype)

@@ -105,7 +105,8 @@ def qwen3_config(**overrides):
     return Qwen3Config(**values)
 
 
-# The exact Qwen3-Reranker-8B architecture (config.json of the release checkpoint).
+# The exact Qwen3-Reranker-8B architecture (config.json of the release checkpoint) and two
+# stand-ins with its vocabulary and layout: a quarter of its width (GPU checks) and a CPU size.
 QWEN3_8B = dict(
     hidden_size=4096,
     intermediate_size=12288,
@@ -114,6 +115,10 @@ QWEN3_8B = dict(
     num_key_value_heads=8,
     head_dim=128,
 )
+QUARTER_8B = dict(QWEN3_8B, hidden_size=1024, intermediate_size=3072, num_hidden_layers=8)
+QUARTER_8B.update(num_attention_heads=16, num_key_value_heads=4, head_dim=64)
+CPU_SCALE = dict(QWEN3_8B, hidden_size=256, intermediate_size=768, num_hidden_layers=4)
+CPU_SCALE.update(num_attention_heads=8, num_key_value_heads=2, head_dim=32)
 
 
 def save_random_model(path: str | Path, *, seed: int = 0, tokenizer=None, **overrides) -> Path:
