@@ -45,10 +45,6 @@ class ContextKV:
     def num_tokens(self) -> int:
         return int(self.k.shape[1])
 
-    @property
-    def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
-
 
 def _layer_weights(layer) -> tuple[tuple, tuple]:
     a, m = layer.self_attn, layer.mlp
@@ -178,9 +174,6 @@ class QwenScorer:
                 f"the model produced non-finite values in {str(self.dtype).removeprefix('torch.')}"
                 " (numeric overflow); load it in bfloat16 (RERANKER_DTYPE=bfloat16) or float32"
             )
-
-    def context_bytes_per_token(self) -> int:
-        return 2 * len(self.layers) * self.num_kv_heads * self.head_dim * self.dtype.itemsize
 
     # -- the layer loop ------------------------------------------------------------------
 

@@ -48,10 +48,6 @@ class EncodedRequest:
         """Prompt tokens over all documents, as the recipe would feed them (no padding)."""
         return len(self.documents) * len(self.context) + sum(map(len, self.documents))
 
-    @property
-    def num_truncated(self) -> int:
-        return sum(self.truncated)
-
 
 def literal_encoder(backend: Tokenizer) -> Tokenizer:
     """A copy of ``backend`` that never produces an added (control) token."""
@@ -78,7 +74,6 @@ class PromptEncoder:
                 "the tokenizer has no <|im_start|> control token: it is not a Qwen3 tokenizer"
             )
         self._literal = literal_encoder(tokenizer.backend_tokenizer)
-        self.first_added_id = min(tokenizer.added_tokens_decoder, default=None)
 
     @property
     def fixed_tokens(self) -> int:
