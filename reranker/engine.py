@@ -23,7 +23,6 @@ from .tokenization import EncodedRequest
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 R = TypeVar("R")
 
 
@@ -120,7 +119,9 @@ class Engine:
         lengths = [len(ids) for ids in id_lists]
         out: list[ContextKV | None] = [None] * len(id_lists)
         for indices in plan_passes(lengths, max_tokens=self.max_batch_tokens, max_items=1 << 30):
-            built = self._split_on_oom([tuple(id_lists[i]) for i in indices], self._context_pass)
+            built = self._split_on_oom(
+                [Item(tuple(id_lists[i])) for i in indices], self._context_pass
+            )
             for i, ctx in zip(indices, built, strict=True):
                 out[i] = ctx
         return out  # type: ignore[return-value]
@@ -144,22 +145,21 @@ class Engine:
         self.passes += 1
         return self.scorer.logits(batch, contexts).cpu().tolist()
 
-    def _context_pass(self, id_lists: list[tuple[int, ...]]) -> list[ContextKV]:
-        batch = pack([Segment(ids) for ids in id_lists], [], self.scorer.device)
+    def _context_pass(self, items: list[Item]) -> list[ContextKV]:
+        batch = pack([Segment(it.ids) for it in items], [], self.scorer.device)
         self.passes += 1
         return self.scorer.contexts(batch)
 
-    def _split_on_oom(self, items: list[T], run: Callable[[list[T]], list[R]]) -> list[R]:
+    def _split_on_oom(self, items: list[Item], run: Callable[[list[Item]], list[R]]) -> list[R]:
         try:
             return run(items)
         except torch.OutOfMemoryError:
             pass  # leave the except block first so the failed pass's tensors can be freed
         self.release_memory()
         if len(items) == 1:
-            n = getattr(items[0], "num_tokens", None) or len(items[0])  # type: ignore[arg-type]
             raise DocumentTooLargeError(
-                f"a prompt of {n:,} tokens does not fit in GPU memory even alone; "
-                "lower max_length or RERANKER_MAX_BATCH_TOKENS"
+                f"a prompt of {items[0].num_tokens:,} tokens does not fit in GPU memory even "
+                "alone; lower max_length or RERANKER_MAX_BATCH_TOKENS"
             )
         log.warning("out of memory on a pass of %d prompts; retrying in halves", len(items))
         first, second = split_in_half(range(len(items)))
@@ -179,7 +179,7 @@ class Engine:
         budget = self.max_batch_tokens
         filler = 13  # any ordinary token id
         try:
-            (context,) = self._context_pass([(filler,) * 64])
+            (context,) = self._context_pass([Item((filler,) * 64)])
             self._score_pass([Item((filler,) * budget, context)])
             # one and several segments: settles compiled graphs (if any) before real traffic
             self._score_pass([Item((filler,) * 7, context), Item((filler,) * 5)])

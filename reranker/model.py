@@ -98,6 +98,8 @@ class QwenScorer:
             )
         if "sliding_attention" in (getattr(config, "layer_types", None) or []):
             raise UnsupportedModelError("sliding-window attention layers are not supported")
+        if getattr(config, "hidden_act", "silu") != "silu":
+            raise UnsupportedModelError(f"MLP activation {config.hidden_act!r} (expected silu)")
         core = hf_model.model
         self.embed = core.embed_tokens
         self.layers = list(core.layers)
@@ -116,8 +118,6 @@ class QwenScorer:
         self.head = (vocab[yes_id].detach().float() - vocab[no_id].detach().float()).contiguous()
         if release_lm_head and not config.tie_word_embeddings:
             hf_model.lm_head = None  # 1.2 GB on the 8B model that scoring never reads
-        if getattr(config, "hidden_act", "silu") != "silu":
-            raise UnsupportedModelError(f"MLP activation {config.hidden_act!r} (expected silu)")
         self.norm_eps = float(config.rms_norm_eps)
         self.layer_weights = [_layer_weights(layer) for layer in self.layers]
         self._pre, self._post = attention_inputs, attention_output_and_mlp
@@ -149,9 +149,7 @@ class QwenScorer:
         finiteness per request (:meth:`check_finite`).
         """
         last = self._run(batch, contexts, capture=None)
-        x = last.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.norm_eps) * self.norm_weight
-        return x @ self.head
+        return rms_norm(last.float(), self.norm_weight, self.norm_eps) @ self.head
 
     @torch.inference_mode()
     def contexts(self, batch: PackedBatch) -> list[ContextKV]:
