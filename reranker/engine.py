@@ -9,6 +9,7 @@ fails, with a message that says so.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -46,6 +47,18 @@ class Item:
         """Tokens the recipe would run for this prompt (context included)."""
         return len(self.ids) + (0 if self.context is None else self.context.num_tokens)
 
+    def whole(self) -> Item:
+        """The same prompt with its context as plain tokens (for the safe mode)."""
+        return self if self.context is None else Item(self.context.ids + self.ids)
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """Logits of a pass's items (their order) and which items the safe mode re-scored."""
+
+    logits: list[float]
+    rescored: list[int]
+
 
 # Called after each pass with (documents done, tokens done) of the request.
 Progress = Callable[[int, int], None]
@@ -57,6 +70,7 @@ class Engine:
         self.settings = settings
         self.max_batch_tokens = settings.batch_tokens(scorer.device.type)
         self.passes = 0  # forward passes run so far (a counter for metrics)
+        self.rescored = 0  # prompts re-scored with float32 activations after an overflow
 
     # -- per request ---------------------------------------------------------------------
 
@@ -94,7 +108,7 @@ class Engine:
         done = tokens = 0
         for indices in self.plan(items, batch_size=batch_size, keys=encoded.documents):
             batch = [items[i] for i in indices]
-            for i, value in zip(indices, self.run(batch), strict=True):
+            for i, value in zip(indices, self.run(batch).logits, strict=True):
                 logits[i] = value
             done += len(indices)
             tokens += sum(it.num_tokens for it in batch)
@@ -123,12 +137,32 @@ class Engine:
                 [Item(tuple(id_lists[i])) for i in indices], self._context_pass
             )
             for i, ctx in zip(indices, built, strict=True):
-                out[i] = ctx
+                out[i] = ContextKV(ctx.k, ctx.v, tuple(id_lists[i]))
         return out  # type: ignore[return-value]
 
-    def run(self, items: Sequence[Item]) -> list[float]:
-        """One planned pass (split further only if it runs out of memory)."""
-        return self._split_on_oom(list(items), self._score_pass)
+    def run(self, items: Sequence[Item]) -> PassResult:
+        """One planned pass (split further only if it runs out of memory).
+
+        A 16-bit prompt whose logit comes out non-finite is re-scored alone with float32
+        activations (:meth:`QwenScorer.safe_logits`); if that overflows too, its logit stays
+        non-finite and the caller's finiteness check fails its request.
+        """
+        items = list(items)
+        logits = self._split_on_oom(items, self._score_pass)
+        bad = [i for i, x in enumerate(logits) if not math.isfinite(x)]
+        if not bad or not self.scorer.can_rescore:
+            return PassResult(logits, [])
+        log.warning(
+            "%d of %d prompts overflowed in %s; re-scoring them with float32 activations",
+            len(bad),
+            len(items),
+            str(self.scorer.dtype).removeprefix("torch."),
+        )
+        safe = self._split_on_oom([items[i].whole() for i in bad], self._safe_pass)
+        for i, value in zip(bad, safe, strict=True):
+            logits[i] = value
+        self.rescored += len(bad)
+        return PassResult(logits, bad)
 
     def _score_pass(self, items: list[Item]) -> list[float]:
         slots: dict[int, int] = {}
@@ -144,6 +178,11 @@ class Engine:
         batch = pack(segments, [c.num_tokens for c in contexts], self.scorer.device)
         self.passes += 1
         return self.scorer.logits(batch, contexts).cpu().tolist()
+
+    def _safe_pass(self, items: list[Item]) -> list[float]:
+        batch = pack([Segment(it.ids) for it in items], [], self.scorer.device)
+        self.passes += 1
+        return self.scorer.safe_logits(batch).cpu().tolist()
 
     def _context_pass(self, items: list[Item]) -> list[ContextKV]:
         batch = pack([Segment(it.ids) for it in items], [], self.scorer.device)

@@ -8,6 +8,13 @@ but the loop over layers is ours so that a pass can
 * keep only the last token of each segment after the final attention,
 * and never build full-vocabulary logits: the score needs one float32 row,
   ``lm_head[yes] - lm_head[no]``, since softmax([no, yes])[1] = sigmoid(h . (W_yes - W_no)).
+
+float16 has the range of neither the residual stream nor every GEMM output: Qwen3 was trained
+in bfloat16, and LLM residual streams carry a few "massive activation" channels that can pass
+65,504. So a float16 model runs with :data:`FLOAT32_RESIDUAL` numerics: weights and GEMM
+inputs stay 16-bit (the tensor cores' speed), while the residual stream, every GEMM output and
+the norms are float32 (see :class:`Numerics`). A segment that still overflows is re-scored by
+:meth:`QwenScorer.safe_logits` with float32 activations throughout.
 """
 
 from __future__ import annotations
@@ -20,14 +27,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .attention import Backend, select_backend
+from .attention import Backend, SdpaAttention, select_backend
 from .packing import PackedBatch
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteError(RuntimeError):
-    """A forward pass produced inf/NaN (float16 overflow on real weights)."""
+    """A forward pass produced inf/NaN, even with float32 activations."""
 
 
 class UnsupportedModelError(ValueError):
@@ -36,10 +43,12 @@ class UnsupportedModelError(ValueError):
 
 @dataclass(frozen=True)
 class ContextKV:
-    """Keys and values of a cached context: ``(layers, tokens, kv_heads, head_dim)`` each."""
+    """Keys and values of a cached context: ``(layers, tokens, kv_heads, head_dim)`` each,
+    and its token ids (to re-run a continuation from scratch in the safe mode)."""
 
     k: torch.Tensor
     v: torch.Tensor
+    ids: tuple[int, ...] = ()
 
     @property
     def num_tokens(self) -> int:
@@ -89,6 +98,7 @@ class QwenScorer:
         attention: str = "auto",
         release_lm_head: bool = True,
         compile: bool | None = None,
+        numerics: str = "auto",
     ) -> None:
         config = hf_model.config
         if getattr(config, "model_type", None) != "qwen3":
@@ -120,6 +130,11 @@ class QwenScorer:
             hf_model.lm_head = None  # 1.2 GB on the 8B model that scoring never reads
         self.norm_eps = float(config.rms_norm_eps)
         self.layer_weights = [_layer_weights(layer) for layer in self.layers]
+        if numerics == "auto":  # float16 lacks the residual stream's range (module docstring)
+            numerics = FLOAT32_RESIDUAL.name if self.dtype == torch.float16 else NATIVE.name
+        if numerics not in NUMERICS:
+            raise ValueError(f"numerics must be auto or one of {', '.join(NUMERICS)}")
+        self.numerics = NUMERICS[numerics]
         self._pre, self._post = attention_inputs, attention_output_and_mlp
         if compile is None:
             compile = self.device.type == "cuda"
@@ -138,6 +153,7 @@ class QwenScorer:
             device=self.device,
             dtype=self.dtype,
         )
+        self._safe_attention = None  # built on first use: most deployments never need it
 
     # -- public --------------------------------------------------------------------------
 
@@ -148,7 +164,31 @@ class QwenScorer:
         Segments are independent: an overflow in one leaves the others finite, so callers check
         finiteness per request (:meth:`check_finite`).
         """
-        last = self._run(batch, contexts, capture=None)
+        last = self._run(batch, contexts, None, self.numerics, self.attention)
+        return self._head(last)
+
+    @property
+    def can_rescore(self) -> bool:
+        """Whether :meth:`safe_logits` computes anything :meth:`logits` does not."""
+        return self.dtype != torch.float32
+
+    @torch.inference_mode()
+    def safe_logits(self, batch: PackedBatch) -> torch.Tensor:
+        """:meth:`logits` with every activation in float32 (weights upcast per GEMM, float32
+        attention): slower, for the rare segment whose 16-bit pass overflowed. Contexts are
+        not continued: their keys and values were made in 16-bit."""
+        if any(c is not None for c in batch.contexts):
+            raise ValueError("the safe mode runs whole prompts, not continuations")
+        if self._safe_attention is None:
+            # on CUDA repeated KV heads keep SDPA off its L x L math kernel (see attention)
+            native = self.device.type != "cuda"
+            groups = self.num_heads // self.num_kv_heads
+            self._safe_attention = SdpaAttention(kv_groups=groups, native_gqa=native)
+        eager = (attention_inputs, attention_output_and_mlp)
+        last = self._run(batch, (), None, FLOAT32, self._safe_attention, eager)
+        return self._head(last)
+
+    def _head(self, last: torch.Tensor) -> torch.Tensor:
         return rms_norm(last.float(), self.norm_weight, self.norm_eps) @ self.head
 
     @torch.inference_mode()
@@ -157,7 +197,7 @@ class QwenScorer:
         if any(c is not None for c in batch.contexts):
             raise ValueError("a context cannot itself continue a context")
         captured: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._run(batch, (), capture=captured)
+        self._run(batch, (), captured, self.numerics, self.attention)
         k = torch.stack([kv[0] for kv in captured])
         v = torch.stack([kv[1] for kv in captured])
         out = []
@@ -175,29 +215,40 @@ class QwenScorer:
 
     # -- the layer loop ------------------------------------------------------------------
 
-    def _run(self, batch: PackedBatch, contexts: Sequence[ContextKV], capture) -> torch.Tensor:
+    def _run(
+        self,
+        batch: PackedBatch,
+        contexts: Sequence[ContextKV],
+        capture,
+        nx: Numerics,
+        attention: Backend,
+        layer_fns=None,
+    ) -> torch.Tensor:
+        pre_fn, post_fn = layer_fns or (self._pre, self._post)
         h = self.embed(batch.input_ids)
-        cos, sin = self.rotary(h, batch.positions.unsqueeze(0))
+        if nx.residual is not None:
+            h = h.to(nx.residual)
+        cos, sin = self.rotary(h, batch.positions.unsqueeze(0))  # in h's dtype
         cos, sin = cos[0], sin[0]
-        plan = self.attention.prepare(batch)
+        plan = attention.prepare(batch)
         pool = None
         if contexts:
             pool_k = torch.cat([c.k for c in contexts], dim=1)
             pool_v = torch.cat([c.v for c in contexts], dim=1)
         last_layer = len(self.layers) - 1
         for i, (pre, post) in enumerate(self.layer_weights):
-            q, k, v = self._pre(h, *pre, cos, sin, self.norm_eps)
+            q, k, v = pre_fn(h, *pre, cos, sin, self.norm_eps, nx)
             if capture is not None:
                 capture.append((k, v))
                 if i == last_layer:
                     return h  # the last layer's output is not needed to continue a context
             if contexts:
                 pool = (pool_k[i], pool_v[i])
-            o = self.attention(q, k, v, plan, pool)
+            o = attention(q, k, v, plan, pool)
             del q, k, v
             if i == last_layer:  # only the last token of each segment is read
                 h, o = h[batch.last_index], o[batch.last_index]
-            h = self._post(h, o, *post, self.norm_eps)
+            h = post_fn(h, o, *post, self.norm_eps, nx)
             del o
         return h
 
@@ -224,30 +275,107 @@ class CompiledOrEager:
         return self.fn(*args)
 
 
+# -- numerics: where values are rounded, and how wide the residual stream is -------------------
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """How activations meet the weights.
+
+    ``native``: the recipe's own rounding, every activation in the weights' dtype (float32
+    and bfloat16 models: bfloat16 has float32's range). ``float32-residual``: the residual
+    stream, norms and GEMM outputs in float32; each GEMM input row is scaled by a power of two
+    that brings its largest magnitude to 2^14-2^15 before the cast to 16-bit (exact: scaling
+    by 2^k commutes with rounding), so a row can neither overflow nor lose its small entries
+    to float16's subnormals (next to a massive activation the other channels of a normed row
+    sit near 1e-4); q/k/v are cast to 16-bit for the attention kernel (q and k are RMS-normed;
+    v is the one input left that could overflow, and such a segment goes to the safe mode).
+    ``float32``: every activation in float32, weights upcast per GEMM (the safe mode).
+    """
+
+    name: str
+    residual: torch.dtype | None  # None: the weights' dtype
+    gemm: str  # native | wide | float32
+
+    def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        if self.gemm == "native":
+            return F.linear(x, w, b)
+        if self.gemm == "float32":
+            return F.linear(x.float(), w.float(), None if b is None else b.float())
+        y = wide_linear(x, w)
+        return y if b is None else y + b.float()
+
+    def norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        if self.gemm == "native":
+            return rms_norm(x, weight, eps)
+        return weight.float() * _normalized(x, eps)
+
+    def attention_input(self, x: torch.Tensor, weight_dtype: torch.dtype) -> torch.Tensor:
+        return x if self.gemm == "float32" else x.to(weight_dtype)
+
+
+NATIVE = Numerics("native", None, "native")
+FLOAT32_RESIDUAL = Numerics("float32-residual", torch.float32, "wide")
+FLOAT32 = Numerics("float32", torch.float32, "float32")
+NUMERICS = {n.name: n for n in (NATIVE, FLOAT32_RESIDUAL, FLOAT32)}
+
+# Each GEMM input row is scaled by a power of two to a largest magnitude in (2^14, 2^15]
+# before the cast to 16-bit: float16's largest finite value is 65,504 (2^15 leaves headroom
+# for rounding) and its subnormals start below 6.1e-5. The exponent is bounded so that an
+# all-zero row stays zero; a NaN row stays NaN (and is caught by the finiteness check).
+_CAST_LIMIT = 2.0**15
+_MIN_EXPONENT = -40.0
+
+
+def wide_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x @ w.T`` with 16-bit inputs and a float32 output, for activations of any size.
+
+    On CUDA the GEMM writes float32 directly (``bmm(..., out_dtype=float32)``: torch 2.9.1's
+    meta kernel for ``aten.mm.dtype`` rejects ``out_dtype``, so ``mm`` cannot be traced by
+    torch.compile, while ``aten.bmm.dtype`` has a meta kernel and an inductor lowering,
+    ``torch/_inductor/kernel/bmm.py`` ``aten_bmm_dtype``). CPU kernels have no ``out_dtype``:
+    there the 16-bit inputs are upcast exactly and multiplied in float32, which is what a
+    float32-accumulating 16-bit GEMM computes.
+    """
+    amax = x.detach().abs().amax(-1, keepdim=True).float()
+    scale = torch.exp2(torch.ceil(torch.log2(amax / _CAST_LIMIT)).clamp(min=_MIN_EXPONENT))
+    x16 = (x.float() / scale).to(w.dtype)
+    if x.device.type == "cuda":
+        y = torch.bmm(x16.unsqueeze(0), w.t().unsqueeze(0), out_dtype=torch.float32)[0]
+    else:
+        y = F.linear(x16.float(), w.float())
+    return y * scale
+
+
 # -- one decoder layer, as pure functions of its weights ---------------------------------------
 # The same math as transformers' Qwen3DecoderLayer (RMSNorm in float32, rotate-half RoPE,
-# SiLU-gated MLP), written over tensors so that one compiled graph serves every layer.
+# SiLU-gated MLP), written over tensors so that one compiled graph serves every layer; ``nx``
+# says where values are rounded (:class:`Numerics`).
+
+
+def _normalized(x: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    return xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    dtype = x.dtype
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(dtype)
+    """transformers' Qwen3RMSNorm: normalized in float32, rounded to x's dtype, then scaled."""
+    return weight * _normalized(x, eps).to(x.dtype)
 
 
-def attention_inputs(h, ln, wq, bq, wk, bk, wv, bv, qn, kn, cos, sin, eps: float):
+def attention_inputs(h, ln, wq, bq, wk, bk, wv, bv, qn, kn, cos, sin, eps: float, nx: Numerics):
     """input norm -> q, k, v projections -> per-head q/k norms -> rotary: (T, heads, dim)."""
     t, dim = h.shape[0], qn.shape[0]
-    x = rms_norm(h, ln, eps)
-    q = rms_norm(F.linear(x, wq, bq).view(t, -1, dim), qn, eps)
-    k = rms_norm(F.linear(x, wk, bk).view(t, -1, dim), kn, eps)
-    v = F.linear(x, wv, bv).view(t, -1, dim)
-    return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+    x = nx.norm(h, ln, eps)
+    q = nx.norm(nx.linear(x, wq, bq).view(t, -1, dim), qn, eps)
+    k = nx.norm(nx.linear(x, wk, bk).view(t, -1, dim), kn, eps)
+    v = nx.linear(x, wv, bv).view(t, -1, dim)
+    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+    return tuple(nx.attention_input(y, wq.dtype) for y in (q, k, v))
 
 
-def attention_output_and_mlp(h, o, wo, bo, ln, wg, wu, wd, eps: float):
+def attention_output_and_mlp(h, o, wo, bo, ln, wg, wu, wd, eps: float, nx: Numerics):
     """output projection + residual -> post-attention norm -> SiLU-gated MLP + residual."""
-    h = h + F.linear(o.flatten(1), wo, bo)
-    x = rms_norm(h, ln, eps)
-    return h + F.linear(F.silu(F.linear(x, wg)) * F.linear(x, wu), wd)
+    h = h + nx.linear(o.flatten(1), wo, bo)
+    x = nx.norm(h, ln, eps)
+    return h + nx.linear(F.silu(nx.linear(x, wg, None)) * nx.linear(x, wu, None), wd, None)

@@ -38,6 +38,7 @@ class RequestStats:
     tokens: int = 0
     passes: int = 0
     model_seconds: float = 0.0
+    rescored: int = 0  # documents re-scored with float32 activations after an overflow
 
 
 @dataclass(eq=False)
@@ -210,7 +211,7 @@ class Scheduler:
                 for r, ctx in zip(missing, built, strict=True):
                     r.contexts[replica] = ctx
             items = [r.item(d, replica) for r, d in picks]
-            values = engine.run(items)
+            result = engine.run(items)
         except Exception as exc:
             if len(requests) > 1:  # attribute the failure: rerun each request's share alone
                 for r in requests:
@@ -220,10 +221,12 @@ class Scheduler:
             return
         elapsed = time.perf_counter() - started
         done: dict[int, list[int]] = {}
-        for (r, d), value, item in zip(picks, values, items, strict=True):
+        for (r, d), value, item in zip(picks, result.logits, items, strict=True):
             r.logits[d] = value
             r.stats.tokens += item.num_tokens
             done.setdefault(id(r), []).append(d)
+        for i in result.rescored:
+            picks[i][0].stats.rescored += 1
         for r in requests:
             docs = done[id(r)]
             r.remaining -= len(docs)

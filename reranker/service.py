@@ -32,6 +32,7 @@ class Metrics:
     tokens: int
     truncated_documents: int
     forward_passes: int
+    rescored_documents: int  # re-scored with float32 activations after a 16-bit overflow
     tokenize_seconds: float
     model_seconds: float
 
@@ -119,6 +120,7 @@ class RerankService:
             tokens=prepared.num_tokens,
             truncated_documents=prepared.num_truncated,
             forward_passes=stats.passes,
+            rescored_documents=stats.rescored,
             tokenize_seconds=round(tokenize_seconds, 6),
             model_seconds=round(stats.model_seconds, 6),
         )
