@@ -1,8 +1,10 @@
 """Cog adapter: inputs and outputs only. The work happens in the ``reranker`` package.
 
-Cog's schema generator reads this file statically (tree-sitter) at ``cog build``: every
-``Input()`` argument is a literal or a constant of this module, and the output models are
-defined here. ``tests/test_static_checks.py`` keeps the constants equal to the package's.
+Cog's schema generator reads this file statically (tree-sitter) at ``cog build``, so: the
+``@concurrent`` max and ``Input()``'s ge/le are integer literals (a name is an error or is
+silently dropped), ``default``/``description`` are literals or constants of this module, every
+string is one plain literal (Cog copies the raw text between the quotes), and the output models
+are defined here. ``tests/test_static_checks.py`` checks these against Cog's parser rules.
 """
 
 import logging
@@ -21,6 +23,8 @@ DEFAULT_MAX_LENGTH = 8192
 MAX_LENGTH_LIMIT = 32768
 # Requests served at once by one instance. Their documents share forward passes, so this
 # is what lets small concurrent requests fill the GPU; beyond it the server answers 409.
+# `cog build` reads only the literal in @concurrent(max=...) below and bakes it into the image
+# as COG_MAX_CONCURRENCY; the tests keep the two equal.
 MAX_CONCURRENCY = 16
 
 
@@ -49,15 +53,14 @@ class Predictor(BasePredictor):
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
         self.service = RerankService.start(Settings.from_env())
 
-    @concurrent(max=MAX_CONCURRENCY)
+    @concurrent(max=16)
     async def predict(
         self,
         query: str = Input(description="The search query or reference text."),
         documents: list[str] = Input(description="The documents to rank: a JSON array of strings."),
         instruction: str = Input(
             default=DEFAULT_INSTRUCTION,
-            description="Task instruction for the reranker, in English. An empty string is "
-            "used as given; omit the field for the model card's default.",
+            description="English task instruction. Omit it for the default; an empty one is kept.",
         ),
         top_k: int = Input(
             default=DEFAULT_TOP_K,
@@ -72,7 +75,7 @@ class Predictor(BasePredictor):
         max_length: int = Input(
             default=DEFAULT_MAX_LENGTH,
             ge=1,
-            le=MAX_LENGTH_LIMIT,
+            le=32768,  # MAX_LENGTH_LIMIT; Cog drops a name here
             description="Most tokens per prompt; longer documents are truncated at the end.",
         ),
         return_documents: bool = Input(
