@@ -1,7 +1,7 @@
 """Where a long document may be cut so that its prefix tokenizes to a prefix of its ids.
 
-Tokenizing a 1M-character document costs ~128 MiB and up to a second of CPU even when 256
-tokens are kept. :func:`safe_cut` finds a position ``c`` with
+Tokenizing a 1M-character document whole costs 250-480 MiB and 0.7-2 s of CPU even when 256
+tokens are kept (bench/tokenization.py). :func:`safe_cut` finds a position ``c`` with
 
     ids(text[:c]) == ids(text)[:len(ids(text[:c]))]   and   len(ids(text)) > len(ids(text[:c]))
 
@@ -11,11 +11,12 @@ once a prefix yields ``room`` ids, they are the whole text's first ``room`` ids,
 is truncated. Why it holds, with ``x, y, z = text[c-1], text[c], text[c+1]``:
 
 1. NFC. A *stable* character (:func:`_stable`: canonical combining class 0, no canonical
-   decomposition, never a later element of a canonical composition) starts a fresh
-   normalization segment: NFC(a + b) == NFC(a) + NFC(b) when b starts with one (UAX #15,
-   "stable code points"). x, y and z are all stable, so NFC(text) = NFC(text[:c-1]) + x + y +
-   NFC(text[c+1:]) and NFC(text[:c]) = NFC(text[:c-1]) + x: the normalized prefix is a prefix
-   of the normalized text, ending in x, followed in the text by y.
+   decomposition but a Hangul syllable's, which NFC restores, never a later element of a
+   canonical composition) starts a fresh normalization segment: NFC(a + b) == NFC(a) +
+   NFC(b) when b starts with one (UAX #15, "stable code points"). x, y and z are all
+   stable, so NFC(text) = NFC(text[:c-1]) + x + y + NFC(text[c+1:]) and NFC(text[:c]) =
+   NFC(text[:c-1]) + x: the normalized prefix is a prefix of the normalized text, ending in
+   x, followed in the text by y.
 2. Regex. The pattern is scanned left to right, each match starting where the last ended
    (every character matches some branch, so the matches tile the text). A match starting
    before c is the same in the prefix and in the text if every test it makes at position c
@@ -27,7 +28,8 @@ is truncated. Why it holds, with ``x, y, z = text[c-1], text[c], text[c+1]``:
      (a) x is a digit: no run passes through a digit, and ``\\p{N}`` stops at it;
      (b) x is a letter and y is not: only letter tests reach c;
      (c) x is not whitespace and y is a space, a tab or a digit: the runs that can pass x
-         (letters, symbols, newlines after symbols) all reject y, as end-of-input does.
+         or start after it (letters, symbols, newlines after symbols) all reject y, as
+         end-of-input does.
    Then the prefix's matches are exactly the text's matches up to c, and the text has at
    least one more (it is longer). BPE runs inside each pre-token, so ids follow.
 Classes are decided only for characters whose class no Unicode version changes (ASCII,
