@@ -11,6 +11,10 @@ Two encoders share one tokenizer definition:
   "special", and those would still be matched.)
 
 On text that spells no added token both encoders give identical ids, which the tests check.
+
+A long document is not tokenized whole: :meth:`PromptEncoder.encode_documents` tokenizes a
+prefix cut where :mod:`reranker.safecut` proves its ids are the whole text's first ids, and
+grows it until it yields the tokens kept, so the work follows ``max_length``, not the length.
 """
 
 from __future__ import annotations
@@ -22,6 +26,13 @@ from dataclasses import dataclass
 from tokenizers import Tokenizer
 
 from .prompt import NO_TOKEN, PREFIX, SUFFIX, YES_TOKEN, format_head, format_tail
+from .safecut import QWEN_PATTERN, safe_cut
+
+# First prefix tried for a long document, in characters per token kept. English runs at about
+# 4.5 characters a token, CJK at 1-1.5, digits at 1: one try for most text, a second for
+# whitespace-heavy text. Any positive value gives the same ids; only the work changes.
+CHARS_PER_TOKEN = 6.0
+PREFIX_SLACK_CHARS = 64
 
 
 class TokenizerError(ValueError):
@@ -74,6 +85,8 @@ class PromptEncoder:
                 "the tokenizer has no <|im_start|> control token: it is not a Qwen3 tokenizer"
             )
         self._literal = literal_encoder(tokenizer.backend_tokenizer)
+        # The prefix shortcut is proven for the Qwen pipeline only; others tokenize whole.
+        self.bounded = proof_applies(self._literal)
 
     @property
     def fixed_tokens(self) -> int:
@@ -102,12 +115,77 @@ class PromptEncoder:
                 f"already takes {self.fixed_tokens + len(head)} tokens (instruction and query "
                 "included); raise max_length or shorten the query/instruction"
             )
-        tails = self.encode_texts([format_tail(d) for d in documents])
+        tails, truncated = self.encode_documents([format_tail(d) for d in documents], room)
         return EncodedRequest(
             context=self.prefix_ids + tuple(head),
-            documents=[tuple(t[:room]) + self.suffix_ids for t in tails],
-            truncated=[len(t) > room for t in tails],
+            documents=[tuple(t) + self.suffix_ids for t in tails],
+            truncated=truncated,
         )
+
+    def encode_documents(
+        self, texts: Sequence[str], room: int, *, chars_per_token: float = CHARS_PER_TOKEN
+    ) -> tuple[list[list[int]], list[bool]]:
+        """``(ids[:room], len(ids) > room)`` per text, as if each were tokenized whole.
+
+        Texts longer than twice the first prefix are tokenized by safe prefixes (see
+        :mod:`reranker.safecut`), doubled until one yields ``room`` ids; the others, and
+        texts with no safe cut, in one batch as they are.
+        """
+        if room < 1 or not chars_per_token > 0:
+            raise ValueError(f"room={room} and chars_per_token={chars_per_token} must be positive")
+        first = int(room * chars_per_token) + PREFIX_SLACK_CHARS
+        ids: list[list[int] | None] = [None] * len(texts)
+        truncated = [False] * len(texts)
+        want = {i: first for i, t in enumerate(texts) if self.bounded and len(t) > 2 * first}
+        whole = [i for i in range(len(texts)) if i not in want]
+        while want:
+            cuts = {i: _prefix_cut(texts[i], n) for i, n in want.items()}
+            whole += [i for i, c in cuts.items() if c is None]
+            tried = [i for i, c in cuts.items() if c is not None]
+            want = {}
+            prefixes = self.encode_texts([texts[i][: cuts[i]] for i in tried])
+            for i, got in zip(tried, prefixes, strict=True):
+                if len(got) >= room:  # the text goes on past the cut: more ids follow
+                    ids[i], truncated[i] = got[:room], True
+                else:
+                    want[i] = 2 * cuts[i]
+        for i, got in zip(whole, self.encode_texts([texts[i] for i in whole]), strict=True):
+            ids[i], truncated[i] = got[:room], len(got) > room
+        return ids, truncated  # type: ignore[return-value]
+
+
+def _prefix_cut(text: str, length: int) -> int | None:
+    """A safe cut at or after ``length`` (doubling past stretches with none), or None."""
+    while length < len(text):
+        cut = safe_cut(text, length)
+        if cut is not None:
+            return cut
+        length *= 2
+    return None
+
+
+def proof_applies(encoder: Tokenizer) -> bool:
+    """True when ``encoder`` is the pipeline :mod:`reranker.safecut` reasons about."""
+
+    def state(part) -> dict:
+        return json.loads(part.__getstate__()) if part is not None else {}
+
+    pre = state(encoder.pre_tokenizer)
+    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else None
+    return (
+        state(encoder.normalizer) == {"type": "NFC"}
+        and encoder.get_vocab_size(with_added_tokens=True) == encoder.get_vocab_size(False)
+        and type(encoder.model).__name__ == "BPE"
+        and encoder.model.dropout is None
+        and isinstance(steps, list)
+        and len(steps) == 2
+        and steps[0].get("type") == "Split"
+        and steps[0].get("pattern") == {"Regex": QWEN_PATTERN}
+        and steps[0].get("behavior") == "Isolated"
+        and not steps[0].get("invert")
+        and steps[1].get("type") == "ByteLevel"
+        and steps[1].get("use_regex") is False
+    )
 
 
 def _single_token_id(tokenizer, token: str) -> int:
