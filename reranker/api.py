@@ -22,7 +22,7 @@ from .model import QwenScorer
 from .prompt import resolve_instruction
 from .scoring import RerankResult, Usage, ranked_documents, sigmoid
 from .tokenization import EncodedRequest, PromptEncoder
-from .validation import check_request, check_token_budget
+from .validation import check_bool, check_request, check_token_budget
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +244,7 @@ class Reranker:
         return_documents: bool = True,
     ) -> RerankResult:
         """Documents sorted by score (ties by input index); ``top_k`` None or 0 keeps all."""
+        check_bool("return_documents", return_documents)
         prepared = self.prepare(
             query,
             documents,

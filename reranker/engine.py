@@ -74,30 +74,36 @@ class Engine:
 
     # -- per request ---------------------------------------------------------------------
 
-    def reuses_prefix(self, encoded: EncodedRequest) -> bool:
-        """Whether to compute the shared prefix once and continue it for every document.
+    def reuses_prefix(self, encoded: EncodedRequest) -> list[bool]:
+        """Per document: continue the shared prefix's cached keys and values, or run it whole.
 
-        On CUDA it pays as soon as two documents share the prefix. On CPU the continued
-        attention goes through a materialized mask, which costs more than recomputing a short
-        prefix for long documents, so there it is reused only for documents of at most four
-        times the prefix's length (measured: bench/results/cpu-*.txt).
+        On CUDA reuse pays as soon as two documents share the prefix. On CPU a continued
+        document's attention goes through a materialized mask, which costs more than
+        recomputing a short prefix for a long document, so there a document continues the
+        prefix only when it is at most four times the prefix's length (measured:
+        bench/results/cpu-*.txt). Decided per document, so one long document cannot switch a
+        request of short ones off reuse, nor pull itself into it.
         """
+        docs = encoded.documents
         mode = self.settings.prefix_reuse
         if mode != "auto":
-            return mode == "on"
-        docs = encoded.documents
+            return [mode == "on"] * len(docs)
         if len(docs) < 2:
-            return False
+            return [False] * len(docs)
         if self.scorer.device.type == "cuda":
-            return True
-        return sum(map(len, docs)) <= 4 * len(encoded.context) * len(docs)
+            return [True] * len(docs)
+        limit = 4 * len(encoded.context)
+        reuse = [len(d) <= limit for d in docs]
+        return reuse if sum(reuse) >= 2 else [False] * len(docs)
 
     def items(self, encoded: EncodedRequest) -> list[Item]:
         """The request's documents as work items (building the shared context if reused)."""
-        if self.reuses_prefix(encoded):
-            (context,) = self.contexts([encoded.context])
-            return [Item(doc, context) for doc in encoded.documents]
-        return [Item(encoded.context + doc) for doc in encoded.documents]
+        reuse = self.reuses_prefix(encoded)
+        context = self.contexts([encoded.context])[0] if any(reuse) else None
+        return [
+            Item(doc, context) if r else Item(encoded.context + doc)
+            for doc, r in zip(encoded.documents, reuse, strict=True)
+        ]
 
     def score_request(
         self, encoded: EncodedRequest, *, batch_size: int, progress: Progress | None = None

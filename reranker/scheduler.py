@@ -45,7 +45,7 @@ class RequestStats:
 class _Request:
     encoded: EncodedRequest  # of the unique documents
     batch_size: int
-    reuse: bool
+    reuse: list[bool]  # per document: continue the cached prefix
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue
     pending: deque[int]
@@ -57,7 +57,7 @@ class _Request:
 
     def item(self, doc: int, replica: int) -> Item:
         ids = self.encoded.documents[doc]
-        if self.reuse:
+        if self.reuse[doc]:
             return Item(ids, self.contexts[replica])
         return Item(self.encoded.context + ids)
 
@@ -186,7 +186,7 @@ class Scheduler:
                 continue
             doc = req.pending[0]
             n = len(req.encoded.documents[doc])
-            if not req.reuse:
+            if not req.reuse[doc]:
                 n += len(req.encoded.context)
             if picks and tokens + n > budget:
                 break
@@ -204,7 +204,11 @@ class Scheduler:
             return
         requests = list({id(r): r for r, _ in picks}.values())
         started = time.perf_counter()
-        missing = [r for r in requests if r.reuse and replica not in r.contexts]
+        missing = [
+            r
+            for r in requests
+            if replica not in r.contexts and any(r.reuse[d] for q, d in picks if q is r)
+        ]
         try:
             if missing:
                 built = engine.contexts([r.encoded.context for r in missing])

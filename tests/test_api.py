@@ -51,6 +51,8 @@ BAD_ARGUMENTS = [
     (dict(max_length=0), "max_length"),
     (dict(max_length=20), "max_length"),  # too small for the prompt itself
     (dict(max_length="8192"), "max_length"),
+    (dict(return_documents="no"), "return_documents"),  # a non-empty string is truthy
+    (dict(return_documents=None), "return_documents"),
 ]
 
 
@@ -61,7 +63,7 @@ def test_bad_arguments_raise_value_error_naming_the_argument(reranker, change, n
     with pytest.raises(ValueError) as info:
         reranker.rank(query, documents, **kwargs)
     assert str(info.value).startswith(name), str(info.value)
-    if "top_k" not in change:  # score() takes the same arguments but top_k
+    if not {"top_k", "return_documents"} & set(change):  # score() has neither
         with pytest.raises(ValueError) as info:
             reranker.score(query, documents, **kwargs)
         assert str(info.value).startswith(name), str(info.value)
