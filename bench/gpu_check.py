@@ -95,6 +95,7 @@ def main() -> int:
     if device == "cuda":
         check("default dtype is float16 on CUDA", prod.dtype == torch.float16)
         check("varlen attention on CUDA", scorer.attention.name.startswith("varlen"))
+        check("float16 keeps a float32 residual", scorer.numerics.name == "float32-residual")
         check("compiled on CUDA", scorer.compiled and not scorer._pre.failed)
 
     # 3. parity on the device

@@ -1,0 +1,54 @@
+"""Prefix reuse on CPU: ``auto`` (decided per document) against ``on`` and ``off``.
+
+    uv run python bench/prefix_reuse.py
+
+The request that a request-wide rule got wrong: many short documents and one long one. With
+reuse for every document, the long one's continued attention goes through a materialized mask
+(slow, gigabytes); with reuse for none, every short document recomputes the prefix. ``auto``
+should be no slower than either.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+
+import workloads  # noqa: E402
+from run import build_model, ours  # noqa: E402
+
+from reranker import Settings  # noqa: E402
+from reranker.offline import build_tokenizer  # noqa: E402
+from reranker.tokenization import PromptEncoder  # noqa: E402
+
+
+def main() -> None:
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M %Z')} | cpu ({platform.machine()}, "
+        f"{torch.get_num_threads()} threads) | torch {torch.__version__} | CPU_SCALE float32"
+    )
+    tokenizer = build_tokenizer()
+    encoder = PromptEncoder(tokenizer)
+    model = build_model("cpu", torch.float32, quick=False)
+    short = workloads.short(tokenizer, n=400)
+    (long_doc,) = workloads.long(tokenizer, 8192).documents
+    docs = [*short.documents[:200], long_doc, *short.documents[200:]]
+    print("# 400 documents of ~30 tokens and one of ~8k tokens, max_length 8192")
+    for mode in ("off", "on", "auto", "off", "on", "auto"):
+        r = ours(model, encoder, Settings(prefix_reuse=mode))
+        started = time.perf_counter()
+        r.score(short.query, docs, instruction=short.instruction, max_length=8192)
+        seconds = time.perf_counter() - started
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(f"prefix_reuse={mode:<4}: {seconds:6.2f}s (process peak RSS so far {peak:.2f} GiB)")
+
+
+if __name__ == "__main__":
+    main()
