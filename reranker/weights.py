@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import HUB_MODEL_ID, Settings
+from .config import HUB_MODEL_ID, HUB_REVISION, Settings
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,9 @@ def resolve_weights(settings: Settings, *, workdir: Path | None = None) -> Resol
     """Apply the resolution order above; logs and returns the chosen source."""
     started = time.perf_counter()
     base = Path.cwd() if workdir is None else workdir
-    cache = Path(settings.cache_dir) if settings.cache_dir else default_cache_dir()
+    cache = Path(settings.cache_dir).expanduser() if settings.cache_dir else default_cache_dir()
+    if cache.exists() and not cache.is_dir():
+        raise WeightsError(f"RERANKER_CACHE_DIR={settings.cache_dir} is not a directory")
     if settings.model:
         local = Path(settings.model).expanduser()
         if local.exists():
@@ -74,7 +76,12 @@ def resolve_weights(settings: Settings, *, workdir: Path | None = None) -> Resol
     if settings.weights_url:
         path = download_tarball(settings.weights_url, cache)
         return _found(str(path), f"RERANKER_WEIGHTS_URL ({settings.weights_url})", started)
-    path = download_from_hub(HUB_MODEL_ID, settings.hub_revision, cache)
+    try:
+        path = download_from_hub(HUB_MODEL_ID, settings.hub_revision, cache)
+    except WeightsError as exc:
+        if settings.hub_revision == HUB_REVISION:
+            raise
+        raise WeightsError(f"{exc} (RERANKER_HUB_REVISION={settings.hub_revision})") from exc
     return _found(path, f"hub {HUB_MODEL_ID}@{settings.hub_revision[:12]}", started)
 
 

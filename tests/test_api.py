@@ -89,6 +89,15 @@ def test_limits_are_enforced_before_model_work(reranker):
         r.score("q", ["a", "b", "c"])  # ~80 prompt tokens each
 
 
+def test_total_characters_limit(reranker):
+    r = reranker.with_settings(Settings(max_total_chars=10))
+    assert len(r.score("q", ["12345", "67890"])) == 2  # exactly at the limit
+    with pytest.raises(ValueError, match=r"^documents hold 11 characters in all; the limit is 10"):
+        r.score("q", ["12345", "678901"])
+    with pytest.raises(ValueError, match=r"^documents hold 11 characters"):
+        r.rank("q", ["1234567890", "x"])
+
+
 # -- ranking semantics ------------------------------------------------------------------------
 
 

@@ -266,3 +266,26 @@ def test_download_weights_script_fails_clearly_offline(tmp_path):
     )
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"download-weights: could not download {HUB_MODEL_ID}@")
+
+
+@pytest.mark.parametrize("model", [HUB_MODEL_ID, "someone/other-reranker"])
+def test_hub_id_model_uses_the_pinned_revision_only_for_the_default(
+    tmp_path, monkeypatch, model_dir, model
+):
+    """RERANKER_MODEL=Qwen/Qwen3-Reranker-8B is the pinned release, not whatever main is now;
+    another hub id follows its main branch. Offline: the hub cache holds both commits."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    cache = tmp_path / "cache"
+    repo = cache / "hub" / ("models--" + model.replace("/", "--"))
+    newer = "0" * 40  # a later commit on main
+    for commit in (HUB_REVISION, newer):
+        shutil.copytree(model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(newer)
+    got = resolve_weights(Settings(model=model, cache_dir=str(cache)), workdir=tmp_path)
+    want = HUB_REVISION if model == HUB_MODEL_ID else newer
+    assert got.path == str(repo / "snapshots" / want)
+    assert got.source == f"RERANKER_MODEL (hub id {model})"
