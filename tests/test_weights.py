@@ -128,23 +128,30 @@ with response:
 """
 
 
-@pytest.fixture(params=["python", "pget"])
-def fetcher(request, tmp_path, monkeypatch):
-    """How the tarball is fetched: the Python fallback (no pget on PATH) or the pget stand-in
-    (first on PATH). Yields the file the stand-in records its calls in (None: Python)."""
-    path = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d]
-    path = [d for d in path if not (Path(d) / "pget").exists()]
-    if request.param == "python":
-        monkeypatch.setenv("PATH", os.pathsep.join(path))
-        yield None
-        return
+def install_pget_standin(tmp_path: Path, monkeypatch) -> Path:
+    """The stand-in first on PATH (any real pget dropped); returns its log of calls."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     pget = bin_dir / "pget"
     pget.write_text(PGET_STANDIN.replace("{python}", sys.executable))
     pget.chmod(0o755)
-    monkeypatch.setenv("PATH", os.pathsep.join([str(bin_dir), *path]))
-    yield pget.with_suffix(".calls")
+    monkeypatch.setenv("PATH", os.pathsep.join([str(bin_dir), *path_without_pget()]))
+    return pget.with_suffix(".calls")
+
+
+def path_without_pget() -> list[str]:
+    path = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+    return [d for d in path if not (Path(d) / "pget").exists()]
+
+
+@pytest.fixture(params=["python", "pget"])
+def fetcher(request, tmp_path, monkeypatch):
+    """How the tarball is fetched: the Python fallback (no pget on PATH) or the pget stand-in
+    (first on PATH). Returns the file the stand-in records its calls in (None: Python)."""
+    if request.param == "python":
+        monkeypatch.setenv("PATH", os.pathsep.join(path_without_pget()))
+        return None
+    return install_pget_standin(tmp_path, monkeypatch)
 
 
 def pget_calls(calls: Path | None) -> list[str]:
@@ -220,10 +227,9 @@ def test_bad_tarballs_are_clear_errors(tmp_path, tarballs, fetcher, name, messag
     assert not [p for p in leftovers if (p / COMPLETE_MARKER).exists()]
 
 
-def test_pget_failure_carries_its_stderr(tmp_path, tarballs, fetcher):
+def test_pget_failure_carries_its_stderr(tmp_path, monkeypatch):
     """What pget said reaches the setup log's one line (here: a refused host)."""
-    if fetcher is None:
-        pytest.skip("pget only")
+    calls = install_pget_standin(tmp_path, monkeypatch)
     url = "http://127.0.0.1:9/weights.tar"  # discard port: connection refused
     settings = Settings(weights_url=url, cache_dir=str(tmp_path / "c"))
     with pytest.raises(WeightsError) as info:
@@ -231,7 +237,7 @@ def test_pget_failure_carries_its_stderr(tmp_path, tarballs, fetcher):
     message = str(info.value)
     assert message.startswith(f"could not fetch RERANKER_WEIGHTS_URL={url}: pget exited with")
     assert "Error: error executing request for http://127.0.0.1:9/weights.tar" in message
-    (call,) = pget_calls(fetcher)
+    (call,) = pget_calls(calls)
     assert call.startswith(f"-x {url} {tmp_path / 'c'}") and call.endswith(".partial")
     assert not list((tmp_path / "c").glob("*"))  # nothing half-written is left behind
 
