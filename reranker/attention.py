@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -312,15 +312,8 @@ def _self_check(backend: Backend, *, heads: int, kv_heads: int, dim: int, device
     return worst
 
 
-def select_backend(
-    choice: str, *, heads: int, kv_heads: int, dim: int, device: torch.device, dtype
-) -> Backend:
-    """Pick the attention backend: ``auto`` prefers a varlen kernel that passes a check."""
-    if choice not in ("auto", "varlen", "sdpa"):
-        raise ValueError(f"attention must be auto, varlen or sdpa, not {choice!r}")
-    if choice == "varlen" and device.type != "cuda":
-        raise ValueError("attention='varlen' needs a CUDA device")
-    groups = heads // kv_heads
+def _candidates(choice: str, *, groups: int, device: torch.device) -> list[Backend]:
+    """Backends to try for ``choice`` on ``device``, best first."""
     candidates: list[Backend] = []
     if choice != "sdpa" and device.type == "cuda":
         for name, kernel in find_varlen_kernels():
@@ -334,6 +327,30 @@ def select_backend(
         # memory-efficient kernel takes float32 and the bottom-right causal mask directly.
         order = (False, True) if device.type == "cuda" else (True, False)
         candidates += [SdpaAttention(kv_groups=groups, native_gqa=n) for n in order]
+    return candidates
+
+
+def select_backend(
+    choice: str,
+    *,
+    heads: int,
+    kv_heads: int,
+    dim: int,
+    device: torch.device,
+    dtype,
+    candidates: Sequence[Backend] | None = None,
+) -> Backend:
+    """Pick the attention backend: ``auto`` prefers a varlen kernel that passes a check.
+
+    ``candidates`` replaces the list built from ``choice`` and the installed torch (tests
+    use it to offer a kernel that is wrong, as a broken FlashAttention build would be).
+    """
+    if choice not in ("auto", "varlen", "sdpa"):
+        raise ValueError(f"attention must be auto, varlen or sdpa, not {choice!r}")
+    if choice == "varlen" and device.type != "cuda" and candidates is None:
+        raise ValueError("attention='varlen' needs a CUDA device")
+    if candidates is None:
+        candidates = _candidates(choice, groups=heads // kv_heads, device=device)
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2
     for backend in candidates:
         try:

@@ -7,6 +7,7 @@ predictor, the CLI and the library all read the same object (``Settings.from_env
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
@@ -88,6 +89,17 @@ class Settings:
         if self.dtype is not None and self.dtype not in DTYPE_NAMES:
             raise SettingsError(
                 f"{ENV_PREFIX}DTYPE must be one of {', '.join(DTYPE_NAMES)}, not {self.dtype!r}"
+            )
+        if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise SettingsError(
+                f"{ENV_PREFIX}DEVICE must be cpu, cuda or cuda:N, not {self.device!r}"
+            )
+        if self.weights_url is not None and not self.weights_url.startswith(
+            ("http://", "https://")
+        ):
+            raise SettingsError(
+                f"{ENV_PREFIX}WEIGHTS_URL must be an http:// or https:// URL, "
+                f"not {self.weights_url!r}"
             )
 
 

@@ -48,11 +48,18 @@ def replica_devices(settings: Settings) -> list[str]:
             raise SettingsError(
                 f"RERANKER_DEVICE={settings.device}, but this machine has no usable CUDA device"
             )
-        return [settings.device] * (count or 1)
-    if torch.cuda.is_available():
+        devices = [settings.device] * (count or 1)
+    elif torch.cuda.is_available():
         gpus = torch.cuda.device_count()
-        return [f"cuda:{i % gpus}" for i in range(count or gpus)]
-    return ["cpu"] * (count or 1)
+        devices = [f"cuda:{i % gpus}" for i in range(count or gpus)]
+    else:
+        devices = ["cpu"] * (count or 1)
+    if settings.attention == "varlen" and not devices[0].startswith("cuda"):
+        raise SettingsError(
+            f"RERANKER_ATTENTION=varlen needs a CUDA device (FlashAttention), but the model "
+            f"would run on {devices[0]}; use auto or sdpa"
+        )
+    return devices
 
 
 class RerankService:
@@ -68,10 +75,10 @@ class RerankService:
     def start(cls, settings: Settings | None = None) -> RerankService:
         """Resolve the weights and load one replica per device (each load logs what it did)."""
         settings = Settings.from_env() if settings is None else settings
+        devices = replica_devices(settings)  # a bad device fails before any download
         weights = resolve_weights(settings)
         replicas = [
-            Reranker.load(weights.path, device=device, settings=settings)
-            for device in replica_devices(settings)
+            Reranker.load(weights.path, device=device, settings=settings) for device in devices
         ]
         return cls(replicas, source=weights.path)
 

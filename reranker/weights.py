@@ -21,10 +21,11 @@ import subprocess
 import tarfile
 import time
 import urllib.request
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import HUB_MODEL_ID, Settings
+from .config import HUB_MODEL_ID, HUB_REVISION, Settings
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ def resolve_weights(settings: Settings, *, workdir: Path | None = None) -> Resol
     """Apply the resolution order above; logs and returns the chosen source."""
     started = time.perf_counter()
     base = Path.cwd() if workdir is None else workdir
-    cache = Path(settings.cache_dir) if settings.cache_dir else default_cache_dir()
+    cache = Path(settings.cache_dir).expanduser() if settings.cache_dir else default_cache_dir()
+    if cache.exists() and not cache.is_dir():
+        raise WeightsError(f"RERANKER_CACHE_DIR={settings.cache_dir} is not a directory")
     if settings.model:
         local = Path(settings.model).expanduser()
         if local.exists():
@@ -73,7 +76,12 @@ def resolve_weights(settings: Settings, *, workdir: Path | None = None) -> Resol
     if settings.weights_url:
         path = download_tarball(settings.weights_url, cache)
         return _found(str(path), f"RERANKER_WEIGHTS_URL ({settings.weights_url})", started)
-    path = download_from_hub(HUB_MODEL_ID, settings.hub_revision, cache)
+    try:
+        path = download_from_hub(HUB_MODEL_ID, settings.hub_revision, cache)
+    except WeightsError as exc:
+        if settings.hub_revision == HUB_REVISION:
+            raise
+        raise WeightsError(f"{exc} (RERANKER_HUB_REVISION={settings.hub_revision})") from exc
     return _found(path, f"hub {HUB_MODEL_ID}@{settings.hub_revision[:12]}", started)
 
 
@@ -97,21 +105,54 @@ def download_tarball(url: str, cache: Path) -> Path:
     partial = target.with_name(target.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
-    partial.mkdir(parents=True)
     pget = shutil.which("pget")
     try:
+        cache.mkdir(parents=True, exist_ok=True)
         if pget:
-            subprocess.run([pget, "-x", url, str(partial)], check=True)
+            _pget_extract(pget, url, partial)
         else:
             log.info("weights: pget not found; downloading %s with Python", url)
+            partial.mkdir()
             _stream_extract(url, partial)
-    except (OSError, subprocess.CalledProcessError, tarfile.TarError) as exc:
+    except (OSError, tarfile.TarError) as exc:
         shutil.rmtree(partial, ignore_errors=True)
         raise WeightsError(f"could not fetch RERANKER_WEIGHTS_URL={url}: {exc}") from exc
     _model_root(partial)  # refuse a tarball that holds no model before marking it complete
     (partial / COMPLETE_MARKER).write_text(url)
     partial.rename(target)
     return _model_root(target)
+
+
+PGET_TAIL_LINES = 5  # of pget's stderr, kept for the error message
+
+
+def _pget_extract(pget: str, url: str, dest: Path) -> None:
+    """``pget -x URL DEST``: parallel ranged download, untarred on the fly into ``DEST``.
+
+    ``DEST`` must not exist: pget refuses an existing destination unless ``--force`` is given
+    (replicate/pget ``cmd/root/root.go`` ``runRootCMD`` -> ``pkg/cli/common.go``
+    ``EnsureDestinationNotExist``), and its tar extractor creates the folder itself
+    (``pkg/extract/tar.go`` ``TarFile``, ``os.MkdirAll``). Its log goes to stderr: passed on
+    line by line (progress in the setup log) and its last lines kept for the error.
+    """
+    with subprocess.Popen(
+        [pget, "-x", url, str(dest)],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+    ) as proc:
+        assert proc.stderr is not None
+        tail: deque[str] = deque(maxlen=PGET_TAIL_LINES)
+        for line in proc.stderr:
+            line = line.rstrip()
+            if line:
+                log.info("pget: %s", line)
+                tail.append(line)
+        code = proc.wait()
+    if code != 0:
+        said = " | ".join(tail) if tail else "no output"
+        raise OSError(f"pget exited with status {code}: {said}")
 
 
 def _stream_extract(url: str, dest: Path) -> None:

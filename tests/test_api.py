@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from reranker import DEFAULT_INSTRUCTION, Reranker, Settings
-from reranker.scoring import sigmoid
+from reranker.scoring import ranked_documents, sigmoid
 
 QUERY = "Which city is the capital of France?"
 DOCS = [
@@ -91,6 +91,15 @@ def test_limits_are_enforced_before_model_work(reranker):
         r.score("q", ["a", "b", "c"])  # ~80 prompt tokens each
 
 
+def test_total_characters_limit(reranker):
+    r = reranker.with_settings(Settings(max_total_chars=10))
+    assert len(r.score("q", ["12345", "67890"])) == 2  # exactly at the limit
+    with pytest.raises(ValueError, match=r"^documents hold 11 characters in all; the limit is 10"):
+        r.score("q", ["12345", "678901"])
+    with pytest.raises(ValueError, match=r"^documents hold 11 characters"):
+        r.rank("q", ["1234567890", "x"])
+
+
 # -- ranking semantics ------------------------------------------------------------------------
 
 
@@ -115,6 +124,20 @@ def test_top_k(reranker, top_k, expected):
     assert len(result.results) == expected
     assert result.results == full.results[:expected]
     assert result.total_documents == len(DOCS)
+
+
+def test_saturated_scores_rank_by_logit():
+    """Logits above ~37 all give score 1.0 in float64; the order still follows the logit
+    (the README: "Ranking sorts by logit, which keeps documents apart where score rounds to
+    1.0"). Ties in the logit itself keep input order."""
+    logits = [38.5, 45.25, 40.0, -50.0, 45.25, 37.0]
+    assert [sigmoid(x) for x in logits[:3]] == [1.0, 1.0, 1.0]  # saturated, as claimed
+    docs = [f"d{i}" for i in range(len(logits))]
+    ranked = ranked_documents(docs, logits, top_k=None, return_documents=True)
+    assert [r.index for r in ranked] == [1, 4, 2, 0, 5, 3]
+    assert [r.logit for r in ranked] == sorted(logits, reverse=True)
+    top = ranked_documents(docs, logits, top_k=2, return_documents=False)
+    assert [(r.index, r.document, r.score) for r in top] == [(1, None, 1.0), (4, None, 1.0)]
 
 
 def test_ties_are_broken_by_input_index(reranker):

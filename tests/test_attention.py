@@ -103,3 +103,66 @@ def test_backend_selection_on_cpu():
         select_on_cpu("varlen")
     with pytest.raises(ValueError, match="auto, varlen or sdpa"):
         select_on_cpu("flash")
+
+
+def forgets_the_mask(q, k, v, cu_q, cu_k, max_q, max_k):
+    """A wrong kernel: attends to every key (as an ``is_causal`` flag ignored would)."""
+    out = torch.empty_like(q)
+    groups = q.shape[1] // k.shape[1]
+    for i in range(len(cu_q) - 1):
+        qs = q[cu_q[i] : cu_q[i + 1]].transpose(0, 1)
+        ks = k[cu_k[i] : cu_k[i + 1]].repeat_interleave(groups, 1).transpose(0, 1)
+        vs = v[cu_k[i] : cu_k[i + 1]].repeat_interleave(groups, 1).transpose(0, 1)
+        o = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs)
+        out[cu_q[i] : cu_q[i + 1]] = o.transpose(0, 1)
+    return out
+
+
+def top_left_causal(q, k, v, cu_q, cu_k, max_q, max_k):
+    """A subtly wrong kernel: causal mask aligned top-left (FlashAttention < 2.1's convention),
+    so a segment continuing a context does not see all of it."""
+    out = torch.empty_like(q)
+    groups = q.shape[1] // k.shape[1]
+    for i in range(len(cu_q) - 1):
+        qs = q[cu_q[i] : cu_q[i + 1]].transpose(0, 1)
+        ks = k[cu_k[i] : cu_k[i + 1]].repeat_interleave(groups, 1).transpose(0, 1)
+        vs = v[cu_k[i] : cu_k[i + 1]].repeat_interleave(groups, 1).transpose(0, 1)
+        allowed = torch.ones(qs.shape[1], ks.shape[1], dtype=torch.bool).tril(0)
+        o = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, attn_mask=allowed)
+        out[cu_q[i] : cu_q[i + 1]] = o.transpose(0, 1)
+    return out
+
+
+def refuses(q, k, v, cu_q, cu_k, max_q, max_k):
+    raise RuntimeError("FlashAttention only supports Ampere GPUs or newer.")
+
+
+def varlen(kernel, name):
+    return VarlenAttention(kernel, name=name, kv_groups=HEADS // KV_HEADS, native_gqa=False)
+
+
+def select_among(candidates, choice="auto"):
+    return select_backend(
+        choice,
+        heads=HEADS,
+        kv_heads=KV_HEADS,
+        dim=DIM,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        candidates=candidates,
+    )
+
+
+def test_self_check_rejects_wrong_kernels_and_takes_the_next_one(caplog):
+    right = varlen(cpu_varlen_kernel, "right")
+    wrong = [varlen(forgets_the_mask, "no mask"), varlen(top_left_causal, "top-left")]
+    fallback = SdpaAttention(kv_groups=HEADS // KV_HEADS)
+    with caplog.at_level("INFO", logger="reranker.attention"):
+        chosen = select_among([*wrong, varlen(refuses, "old GPU"), right, fallback])
+    assert chosen is right
+    assert "varlen (no mask) (grouped KV heads repeated) off by" in caplog.text
+    assert "varlen (top-left) (grouped KV heads repeated) off by" in caplog.text
+    assert "varlen (old GPU) (grouped KV heads repeated) unusable here" in caplog.text
+    assert select_among([*wrong, fallback]) is fallback
+    with pytest.raises(RuntimeError, match=r"no attention backend \(varlen\) works on cpu"):
+        select_among(wrong, choice="varlen")

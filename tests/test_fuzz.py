@@ -18,8 +18,68 @@ GOOD = {"query": "capital of France?", "documents": ["Paris is the capital.", "B
 JSON = {"Content-Type": "application/json"}
 
 
-def bodies(rng: random.Random) -> list[tuple[str, bytes, dict]]:
-    """(label, raw body, headers) for every hostile request."""
+INT64_MAX = 2**63 - 1
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def input_verdict(inputs: dict) -> str:
+    """What the README's input reference and limits allow, written out independently of the
+    code: "accept", "reject", or "either" (nulls for optional fields and unknown fields:
+    accepted by a local server, 422 with a `cog build` schema; integers beyond int64)."""
+
+    def text(value, limit, allow_empty=False):
+        if not isinstance(value, str) or len(value) > limit:
+            return "reject"
+        return "accept" if allow_empty or value.strip() else "reject"
+
+    def length(value):  # the system prompt alone is ~40 tokens; 200 holds any prompt here
+        return "either" if _is_int(value) and 40 <= value < 200 else integer(value, 200, 32768)
+
+    def integer(value, low, high=None):
+        if not _is_int(value) or value < low or (high is not None and value > high):
+            return "reject"
+        return "either" if value > INT64_MAX else "accept"
+
+    fields = {"query", "documents", "instruction", "top_k", "batch_size", "max_length"}
+    fields.add("return_documents")
+    verdicts = ["either" if set(inputs) - fields else "accept"]
+    verdicts.append(text(inputs.get("query"), 100_000))
+    docs = inputs.get("documents")
+    ok_docs = (
+        isinstance(docs, list)
+        and 1 <= len(docs) <= 10_000
+        and all(isinstance(d, str) and len(d) <= 1_000_000 for d in docs)
+        and sum(map(len, docs)) <= 50_000_000
+    )
+    verdicts.append("accept" if ok_docs else "reject")
+    for name, check in [
+        ("instruction", lambda v: text(v, 100_000, allow_empty=True)),
+        ("top_k", lambda v: integer(v, 0)),
+        ("batch_size", lambda v: integer(v, 1)),
+        # the system prompt alone is ~40 tokens; 200 holds any prompt of these inputs
+        (
+            "max_length",
+            lambda v: "either" if _is_int(v) and 40 <= v < 200 else integer(v, 200, 32768),
+        ),
+        ("return_documents", lambda v: "accept" if isinstance(v, bool) else "reject"),
+    ]:
+        if name not in inputs:
+            continue
+        value = inputs[name]
+        if value is None and name in ("instruction", "top_k"):
+            verdicts.append("either")
+        else:
+            verdicts.append(check(value))
+    if "reject" in verdicts:
+        return "reject"
+    return "either" if "either" in verdicts else "accept"
+
+
+def bodies(rng: random.Random) -> list[tuple[str, bytes, dict, str]]:
+    """(label, raw body, headers, verdict) for every hostile request."""
     raw = [
         ("truncated json", b'{"input": {"query": "q", "documents": ["a"', JSON),
         ("not json", b"hello", JSON),
@@ -82,8 +142,13 @@ def bodies(rng: random.Random) -> list[tuple[str, bytes, dict]]:
         )
         value = rng.choice([None, 0, -1, 1.5, "", "x", [], {}, [None], True, "\u0000" * 50, 2**40])
         inputs.append((f"random {i}", {**GOOD, field: value}))
-    raw += [(label, json.dumps({"input": value}).encode(), JSON) for label, value in inputs]
-    return raw
+    # a lone surrogate escape is valid JSON that some parsers refuse: either answer is fine
+    out = [(*r, "either" if r[0] == "lone surrogate escape" else "reject") for r in raw]
+    out += [
+        (label, json.dumps({"input": value}).encode(), JSON, input_verdict(value))
+        for label, value in inputs
+    ]
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +160,10 @@ def server(model_dir):
 def test_fuzz_and_soak(server, reranker):
     rng = random.Random(0)
     hostile = bodies(rng)
-    schedule = hostile * 2 + [("good", json.dumps({"input": GOOD}).encode(), JSON)] * 40
+    verdicts = {label: verdict for label, _, _, verdict in hostile}
+    assert verdicts["documents too many"] == "reject" and verdicts["control tokens"] == "accept"
+    good = ("good", json.dumps({"input": GOOD}).encode(), JSON)
+    schedule = [h[:3] for h in hostile] * 2 + [good] * 40
     rng.shuffle(schedule)
     pid = server.process.pid
     want = reranker.rank(GOOD["query"], GOOD["documents"], top_k=5).to_dict()["results"]
@@ -130,19 +198,20 @@ def test_fuzz_and_soak(server, reranker):
             if not ok:
                 problems.append((label, status, raw[:300]))
             continue
+        outcome = None
         if status in (400, 413, 415, 422):
-            clear += 1
+            outcome = "reject"
         elif status == 200:
             body = json.loads(raw)
             error = body.get("error") or ""
             if body.get("status") == "failed" and error and "Traceback" not in error:
-                clear += 1
+                outcome = "reject"
             elif body.get("status") == "succeeded":
-                clear += 1  # e.g. control tokens as text, null top_k: valid requests
-            else:
-                problems.append((label, status, raw[:300]))
-        else:
-            problems.append((label, status, raw[:300]))
+                outcome = "accept"
+        if outcome is not None and verdicts[label] in (outcome, "either"):
+            clear += 1
+        else:  # a crash, or an answer the input reference does not allow
+            problems.append((label, verdicts[label], status, raw[:300]))
     kinds: dict[str, int] = {}
     for _, status, raw in answers:
         kind = str(status)

@@ -8,7 +8,7 @@ import math
 import threading
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from reranker import Settings
@@ -92,6 +92,13 @@ def test_arbitrary_unicode_never_breaks_the_api(
         )
 
 
+@example(value=None)
+@example(value=0)
+@example(value=3)
+@example(value=1000)
+@example(value=-1)
+@example(value=2.0)
+@example(value=True)
 @settings(max_examples=60, deadline=None)
 @given(
     value=st.one_of(
@@ -104,14 +111,49 @@ def test_arbitrary_unicode_never_breaks_the_api(
         st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
     )
 )
-def test_wrong_types_are_value_errors(reranker, value):
+def test_wrong_types_are_value_errors(reranker, prompt_tokens, value):
     for name in ARGUMENTS:
         kwargs = {"query": "q", "documents": ["d"], name: value}
         query, docs = kwargs.pop("query"), kwargs.pop("documents")
+        verdict = expected_verdict(name, value, prompt_tokens)
         try:
             reranker.rank(query, docs, **kwargs)
         except ValueError as exc:
+            assert verdict != "valid", (name, value, str(exc))
             assert str(exc).startswith(name), str(exc)
+        else:
+            assert verdict != "invalid", f"{name}={value!r} was accepted"
+
+
+@pytest.fixture(scope="module")
+def prompt_tokens(recipe):
+    """Tokens of the model card's prompt for query "q" and document "d" (the recipe's count)."""
+    from reference import format_instruction
+
+    (ids,) = recipe.input_ids([format_instruction(None, "q", "d")])
+    return len(ids)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def expected_verdict(name: str, value, prompt_tokens: int) -> str:
+    """What the README's input reference allows, written out independently of the code:
+    "valid", "invalid", or "either" (max_length just below the prompt's own length, where
+    truncating a one-token document to nothing is a judgement call)."""
+    if name in ("query", "documents"):
+        return "invalid"  # no value drawn here is a non-empty string / list of strings
+    if name == "instruction":
+        return "valid" if value is None else "invalid"
+    if name == "top_k":
+        return "valid" if value is None or (_is_int(value) and value >= 0) else "invalid"
+    if name == "batch_size":
+        return "valid" if _is_int(value) and value >= 1 else "invalid"
+    assert name == "max_length"
+    if not _is_int(value) or value > 32768 or value < prompt_tokens - 5:
+        return "invalid"
+    return "valid" if value >= prompt_tokens else "either"
 
 
 def test_lone_surrogates_become_replacement_characters(reranker):

@@ -106,3 +106,19 @@ def test_max_length_32768(reranker, recipe):
     got = reranker.score(QUERY, [doc, "tiny"], max_length=32768)
     want = recipe.score(QUERY, [doc, "tiny"], max_length=32768, batch_size=1, last_only=True)
     _assert_close(got, want)
+
+
+@pytest.mark.parametrize("max_length", [8192, 96])
+def test_usage_counts_the_tokens_the_recipe_runs(reranker, recipe, max_length):
+    """usage.total_tokens is what the model card's code feeds the model (no padding), with
+    duplicates counted each time; truncated_documents the ones it cuts."""
+    docs = [*DOCUMENTS, DOCUMENTS[0], DOCUMENTS[-1]]
+    result = reranker.rank(QUERY, docs, max_length=max_length)
+    pairs = [format_instruction(None, QUERY, d) for d in docs]
+    ids = recipe.input_ids(pairs, max_length=max_length)
+    full = recipe.input_ids(pairs, max_length=10**6)
+    assert result.usage.total_tokens == sum(map(len, ids))
+    assert result.usage.truncated_documents == sum(
+        len(a) < len(b) for a, b in zip(ids, full, strict=True)
+    )
+    assert (result.usage.truncated_documents > 0) == (max_length == 96)

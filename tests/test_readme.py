@@ -6,9 +6,16 @@ import json
 import os
 import re
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
+
+from reranker.localserver import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -20,34 +27,101 @@ def readme_commands() -> list[str]:
     return [line for block in blocks for line in block.splitlines() if line.strip()]
 
 
-def run_as_written(command: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`uv run X` runs X from this environment (the tests already run inside `uv run`)."""
+def as_written(command: str) -> tuple[list[str], dict[str, str]]:
+    """A shell line ``[NAME=value ...] uv run X ...`` as argv and environment: `uv run X`
+    runs X from this environment (the tests already run inside `uv run`), which it puts
+    first on PATH, as `uv run` does."""
     argv = shlex.split(command)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RERANKER_")}
+    while argv and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", argv[0]):
+        name, _, value = argv.pop(0).partition("=")
+        env[name] = value
     assert argv[:2] == ["uv", "run"], command
     argv = argv[2:]
     if (BIN / argv[0]).exists():
         argv[0] = str(BIN / argv[0])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RERANKER_")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return argv, env
+
+
+def run_as_written(command: str, cwd: Path) -> subprocess.CompletedProcess:
+    argv, env = as_written(command)
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_quick_start_offline_commands(tmp_path):
-    (tmp_path / "examples").symlink_to(ROOT / "examples")
-    commands = [c for c in readme_commands() if "tiny-model" in c and c.startswith("uv run")]
-    make = [c for c in commands if "reranker.offline" in c]
-    rank = [c for c in commands if c.startswith("uv run rerank --model tiny-model")]
-    assert make and rank, "the README shows how to try the tiny model"
-    proc = run_as_written(make[0], tmp_path)
+# README commands that no test can run here (no network, no Docker, no GPU), and why.
+NOT_RUN_HERE = {
+    "uv run rerank --model Qwen/": "downloads the 16 GB checkpoint",
+    "uv run pytest": "the test suite itself",
+    "cog ": "needs Docker and the Cog CLI",
+    "uv run script/download-weights": "downloads the 16 GB checkpoint",
+    "curl -s -X POST https://api.replicate.com": "needs a Replicate account",
+    "  -H ": "continues the line above",
+    "  -d ": "continues the line above",
+    "python3 bench/run.py --device cuda": "needs a GPU",
+}
+
+
+def is_tiny_model_command(command: str) -> bool:
+    return command.startswith("uv run") and "tiny-model" in command
+
+
+def is_help_command(command: str) -> bool:
+    return command == "uv run rerank --help"
+
+
+def is_local_server_command(command: str) -> bool:
+    return (
+        "cog.server.http" in command
+        or command.startswith("curl -s http://127.0.0.1")
+        or (command.startswith("curl -s -X POST http://127.0.0.1"))
+    )
+
+
+def test_every_readme_command_is_run_by_a_test_or_explained():
+    for command in readme_commands():
+        run = is_tiny_model_command(command) or is_help_command(command)
+        run = run or is_local_server_command(command)
+        explained = any(command.startswith(prefix) for prefix in NOT_RUN_HERE)
+        assert run != explained, f"README command neither tested nor explained: {command!r}"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A fresh folder laid out like the project root, where the README's first offline
+    command has made `tiny-model`."""
+    folder = tmp_path_factory.mktemp("readme")
+    for name in ("examples", "predict.py", "reranker", "cog.yaml"):
+        (folder / name).symlink_to(ROOT / name)
+    make = [c for c in readme_commands() if is_tiny_model_command(c) and "reranker.offline" in c]
+    assert make, "the README shows how to make the tiny model"
+    proc = run_as_written(make[0], folder)
     assert proc.returncode == 0, proc.stderr
+    assert (folder / "tiny-model" / "config.json").is_file()
+    return folder
+
+
+def test_quick_start_offline_commands(workdir):
+    commands = [c for c in readme_commands() if is_tiny_model_command(c)]
+    rank = [c for c in commands if c.startswith("uv run rerank --model tiny-model")]
+    assert rank, "the README shows how to try the tiny model"
     for command in rank:
-        proc = run_as_written(command, tmp_path)
+        proc = run_as_written(command, workdir)
         assert proc.returncode == 0, proc.stderr
         out = json.loads(proc.stdout)
         documents = json.loads((ROOT / "examples" / "documents.json").read_text())
         assert out["total_documents"] == len(documents)
         assert len(out["results"]) == 3
         assert all(0.0 <= r["score"] <= 1.0 for r in out["results"])
+
+
+def test_cli_help_as_written(workdir):
+    (command,) = [c for c in readme_commands() if is_help_command(c)]
+    proc = run_as_written(command, workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: rerank")
+    for option in ("--model", "--query", "--documents", "--top-k"):
+        assert option in proc.stdout
 
 
 def test_examples_request_is_a_valid_input(reranker):
@@ -69,3 +143,59 @@ def test_configuration_table_lists_every_setting():
 def local_curl_input() -> dict:
     curl = next(c for c in readme_commands() if c.startswith("curl -s -X POST http://127.0.0.1"))
     return json.loads(shlex.split(curl)[-1])["input"]
+
+
+def test_local_cog_server_and_curl_commands_as_written(workdir):
+    """ "Running without Docker": the server command and both curl lines, word for word (the
+    port alone is swapped for a free one, in all three alike)."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    commands = [c for c in readme_commands() if is_local_server_command(c)]
+    (server,) = [c for c in commands if "cog.server.http" in c]
+    health, post = [c for c in commands if c.startswith("curl")]
+    port = re.search(r"\bPORT=(\d+) ", server).group(1)
+    assert health == f"curl -s http://127.0.0.1:{port}/health-check"
+    assert post.startswith(f"curl -s -X POST http://127.0.0.1:{port}/predictions ")
+    assert server.endswith(" --host 127.0.0.1")  # never every interface
+    free = str(free_port())
+    argv, env = as_written(server.replace(f"PORT={port} ", f"PORT={free} "))
+
+    def curl(command: str) -> subprocess.CompletedProcess:
+        line = command.replace(f"127.0.0.1:{port}/", f"127.0.0.1:{free}/")
+        return subprocess.run(shlex.split(line), capture_output=True, text=True, timeout=120)
+
+    log = workdir / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            argv, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+            answer = curl(health)
+            status = json.loads(answer.stdout).get("status") if answer.returncode == 0 else None
+            assert status != "SETUP_FAILED", answer.stdout
+            if status == "READY":
+                break
+            assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.5)
+        answer = curl(post)
+        assert answer.returncode == 0, answer.stderr
+        body = json.loads(answer.stdout)
+        assert body["status"] == "succeeded", body
+        sent = json.loads(shlex.split(post)[-1])["input"]
+        results = body["output"]["results"]
+        assert len(results) == sent["top_k"] == 2
+        assert sorted(r["index"] for r in results) == [0, 1]
+        assert [r["document"] for r in results] == [sent["documents"][r["index"]] for r in results]
+        assert results[0]["logit"] >= results[1]["logit"]
+        assert all(0.0 <= r["score"] <= 1.0 for r in results)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=20)

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
+import threading
+import time
 
 import pytest
+import torch
 
 from reranker import Reranker, Settings
+from reranker import service as service_module
+from reranker.engine import DocumentTooLargeError, Engine
+from reranker.model import NonFiniteError
+from reranker.offline import save_random_model
+from reranker.scheduler import Scheduler
 from reranker.service import RerankService
 
 QUERIES = ["capital of France?", "green tea benefits", "how do rerankers work?", "rust vs go"]
@@ -61,7 +70,7 @@ def test_metrics_and_usage(service, reranker):
     want = reranker.rank("q", docs)
     assert metrics.tokens == want.usage.total_tokens == result.usage.total_tokens
     assert metrics.truncated_documents == 0 and metrics.documents == 13
-    assert metrics.tokenize_seconds >= 0 and metrics.model_seconds > 0
+    assert metrics.tokenize_seconds > 0 and metrics.model_seconds > 0
     result, metrics = asyncio.run(
         service.rerank(query="q", documents=docs, max_length=128, say=lambda _: None)
     )
@@ -75,6 +84,29 @@ def test_progress_lines_for_long_requests(service):
     assert lines, "a request of many passes logs its progress"
     assert lines[-1].startswith("scored 60/60 documents (")
     assert all("tokens/s" in line for line in lines)
+
+
+def test_progress_lines_are_rate_limited(service):
+    """At most one line per PROGRESS_INTERVAL_S (plus the final one), however many passes:
+    batch_size=1 makes 60 passes, far more than the seconds they take."""
+    stamps: list[tuple[float, str]] = []
+    docs = [f"item {i} " + d for i, d in enumerate(docs_for(9, 60))]
+    started = time.perf_counter()
+    _, metrics = asyncio.run(
+        service.rerank(
+            query="q",
+            documents=docs,
+            batch_size=1,
+            say=lambda line: stamps.append((time.perf_counter(), line)),
+        )
+    )
+    elapsed = time.perf_counter() - started
+    interval = service_module.PROGRESS_INTERVAL_S
+    assert metrics.forward_passes >= 60
+    assert stamps[-1][1].startswith("scored 60/60 documents (60 passes")
+    assert len(stamps) <= 2 + elapsed / interval, (len(stamps), elapsed)
+    times = [t for t, _ in stamps[:-1]]  # the final line is always shown
+    assert all(b - a >= interval - 0.01 for a, b in itertools.pairwise(times)), times
 
 
 def test_the_event_loop_keeps_running_while_the_model_works(service):
@@ -95,8 +127,33 @@ def test_the_event_loop_keeps_running_while_the_model_works(service):
     assert asyncio.run(main()) > 5
 
 
+def test_tokenization_runs_off_the_event_loop(service, monkeypatch):
+    """Tokenizing 10k documents takes a while: it must not run on the event loop's thread
+    (every other request, health check and cancellation waits on that thread)."""
+    encoder = service.front.encoder
+    seen: list[threading.Thread] = []
+    real_encode = encoder.encode
+
+    def observed_encode(*args, **kwargs):
+        seen.append(threading.current_thread())
+        return real_encode(*args, **kwargs)
+
+    monkeypatch.setattr(encoder, "encode", observed_encode)
+
+    async def main():
+        loop_thread = threading.current_thread()
+        await service.rerank(query="q", documents=["a", "b"], say=lambda _: None)
+        return loop_thread
+
+    loop_thread = asyncio.run(main())
+    assert len(seen) == 1 and seen[0] is not loop_thread
+
+
 def test_cancelled_request_leaves_the_queue_and_others_finish(service, reranker):
-    big, small = docs_for(7, 400), docs_for(8, 6)
+    # batch_size=1: one pass per document, 3,000 passes. Long by construction: even at a
+    # millisecond a pass it runs for seconds, while the cancel follows its first pass.
+    big = [f"doc {i}: " + d for i, d in enumerate(docs_for(7, 3000))]
+    small = docs_for(8, 6)
 
     async def main():
         progress = asyncio.Event()
@@ -104,7 +161,9 @@ def test_cancelled_request_leaves_the_queue_and_others_finish(service, reranker)
         def on_line(_line):
             progress.set()
 
-        big_task = asyncio.create_task(service.rerank(query="q", documents=big, say=on_line))
+        big_task = asyncio.create_task(
+            service.rerank(query="q", documents=big, batch_size=1, say=on_line)
+        )
         await progress.wait()  # the big request is under way
         passes_at_cancel = sum(r.engine.passes for r in service.replicas)
         big_task.cancel()
@@ -118,11 +177,7 @@ def test_cancelled_request_leaves_the_queue_and_others_finish(service, reranker)
     assert_same_result(small_result, reranker.rank("q2", small))
     assert service.scheduler.queued_documents == 0
     # the big request alone needs dozens of passes; after cancelling, only a few more ran
-    total_needed = len(
-        reranker.with_settings(service.front.settings).engine.plan(
-            reranker.engine.items(reranker.prepare("q", big).encoded), batch_size=256
-        )
-    )
+    total_needed = len(big)  # one pass per document
     assert sum(r.engine.passes for r in service.replicas) - passes_at_cancel < total_needed // 2
 
 
@@ -135,3 +190,85 @@ def test_errors_reach_only_their_request(service):
     bad, good = asyncio.run(main())
     assert isinstance(bad, ValueError) and str(bad).startswith("query")
     assert good[0].total_documents == 2
+
+
+# -- one request's failure inside a shared pass ------------------------------------------------
+
+RARE = " volcano"  # one token (65206) of the real vocabulary; in no other test document
+
+
+@pytest.fixture(scope="module")
+def broken_model(tmp_path_factory, tokenizer):
+    """A float32 checkpoint whose embedding row for RARE is NaN: any document containing it
+    comes out non-finite in every dtype and mode, the others are untouched."""
+    from safetensors.torch import load_file, save_file
+
+    (token,) = tokenizer.encode(RARE, add_special_tokens=False)
+    path = save_random_model(
+        tmp_path_factory.mktemp("broken") / "m", tokenizer=tokenizer, initializer_range=0.3
+    )
+    weights = load_file(path / "model.safetensors")
+    weights["model.embed_tokens.weight"][token] = float("nan")
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    return Reranker.load(path, device="cpu", settings=Settings())
+
+
+class MemoryLimit:
+    """The real scorer on a pretend device that holds at most ``limit`` tokens per pass
+    (bigger passes raise the OutOfMemoryError CUDA raises): an environment fault."""
+
+    def __init__(self, scorer, limit: int):
+        self._scorer, self.limit = scorer, limit
+
+    def __getattr__(self, name):
+        return getattr(self._scorer, name)
+
+    def logits(self, batch, contexts=()):
+        if batch.num_tokens > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self._scorer.logits(batch, contexts)
+
+
+async def in_one_pass(scheduler: Scheduler, requests):
+    """Submit every request before the worker may take any work, so that its first pass
+    holds documents of all of them (the worker waits on the scheduler's lock; the lock is
+    re-entrant, so the requests can enqueue from this thread while it is held)."""
+    with scheduler._cond:
+        tasks = [asyncio.create_task(scheduler.logits(e, batch_size=256)) for e in requests]
+        while len(scheduler._waiting) < len(tasks):
+            await asyncio.sleep(0)
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+GOOD_REQUESTS = [("capital of France?", docs_for(21, 5)), ("green tea", docs_for(22, 4))]
+
+
+@pytest.mark.parametrize("fault", ["non-finite document", "document too large"])
+def test_a_document_failing_inside_a_shared_pass_fails_only_its_request(broken_model, fault):
+    if fault == "non-finite document":
+        bad_docs = ["a calm lake", f"the{RARE} erupted", "a quiet field"]
+        scorer, error = broken_model.engine.scorer, NonFiniteError
+    else:
+        bad_docs = ["a calm lake", "lava " * 400, "a quiet field"]  # 400+ tokens: never fits
+        scorer, error = MemoryLimit(broken_model.engine.scorer, limit=300), DocumentTooLargeError
+    engine = Engine(scorer, Settings(max_batch_tokens=100_000))  # one pass takes everything
+    scheduler = Scheduler([engine])
+    requests = [(q, d) for q, d in GOOD_REQUESTS]
+    requests.insert(1, ("what erupted?", bad_docs))
+    encoded = [broken_model.prepare(q, d).encoded for q, d in requests]
+    try:
+        results = asyncio.run(in_one_pass(scheduler, encoded))
+        assert isinstance(results[1], error), results[1]
+        for (query, docs), got in zip(requests[::2], results[::2], strict=True):
+            assert not isinstance(got, BaseException), got
+            logits, _ = got
+            want = broken_model.engine.score_request(
+                broken_model.prepare(query, docs).encoded, batch_size=256
+            )
+            assert max(abs(a - b) for a, b in zip(logits, want, strict=True)) <= 1e-5
+        # the worker survived and serves the next request
+        assert scheduler._threads[0].is_alive()
+        again, _ = asyncio.run(scheduler.logits(encoded[0], batch_size=256))
+        assert max(abs(a - b) for a, b in zip(again, results[0][0], strict=True)) <= 1e-5
+    finally:
+        scheduler.close()

@@ -149,3 +149,63 @@ def test_tokenizer_without_yes_token_is_rejected(tokenizer):
     broken = Qwen2Tokenizer(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
     with pytest.raises(TokenizerError, match="no 'yes' token"):
         PromptEncoder(broken)
+
+
+# Token ids published by others for the official Qwen BPE (shared by Qwen1.5/2/2.5/3: the same
+# 151,643 ranks), so that the parity tests do not rest only on our own reconstruction of it:
+# - llama.cpp, models/ggml-vocab-qwen2.gguf.inp/.out (ggml-org/llama.cpp; written by
+#   convert_hf_to_gguf_update.py with the transformers tokenizer of Qwen/Qwen1.5-7B);
+# - transformers, tests/models/qwen2/test_tokenization_qwen2.py, test_tokenizer_integration
+#   (Qwen/Qwen-tokenizer at 5909c822; padding ids dropped).
+# fmt: off
+PUBLISHED_IDS = [
+    # whitespace runs: a run before a word leaves its last space to the word
+    (" ", [220]),
+    ("  ", [256]),
+    ("   ", [262]),
+    ("\t", [197]),
+    ("\n\n\n", [1406]),
+    ("\t\n", [1572]),
+    ("   Hello", [256, 21927]),
+    ("    Hello\n    Hello", [262, 21927, 198, 262, 21927]),
+    # digits: one token per digit, never grouped
+    ("3333", [18, 18, 18, 18]),
+    ("333333333", [18] * 9),
+    ("ied 4 ½ months", [1122, 220, 19, 220, 26062, 3951]),
+    ("w048 7tuijk dsdfhu", [86, 15, 19, 23, 220, 22, 83, 1963, 41808, 11472, 2940, 16739]),
+    # accents: precomposed, and decomposed (combining diaeresis) which NFC composes first
+    ("F\u00fchrer", [37, 50753, 261]),
+    ("Fu\u0308hrer", [37, 50753, 261]),
+    # emoji, CJK, mixed scripts
+    (" this is \U0001f999.cpp", [419, 374, 11162, 99, 247, 13, 10821]),
+    (
+        "Hello, y'all! How are you \U0001f601 ?我想在apple工作1314151天～",
+        [9707, 11, 379, 64848, 0, 2585, 525, 498, 26525, 223, 937, 104100, 18493, 22377,
+         99257, 16, 18, 16, 19, 16, 20, 16, 35727, 21216],
+    ),
+    (
+        "\U0001f917 Transformers 提供了可以轻松地下载并且训练先进的预训练模型的 API 和工具。"
+        "使用预训练模型可以减少计算消耗和碳排放，并且节省从头训练所需要的时间和资源。",
+        [144834, 80532, 93685, 83744, 34187, 73670, 104261, 29490, 62189, 103937, 104034,
+         102830, 98841, 104034, 104949, 9370, 5333, 58143, 102011, 1773, 37029, 98841,
+         104034, 104949, 73670, 101940, 100768, 104997, 33108, 100912, 105054, 90395,
+         100136, 106831, 45181, 64355, 104034, 113521, 101975, 33108, 85329, 1773],
+    ),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("text,ids", PUBLISHED_IDS)
+def test_token_ids_match_published_official_ids(encoder, tokenizer, text, ids):
+    assert tokenizer(text, add_special_tokens=False).input_ids == ids  # the test tokenizer
+    assert encoder.encode_texts([text]) == [ids]  # and the encoder the service uses
+
+
+def test_digits_are_pre_tokenized_one_by_one(tokenizer):
+    """Qwen's vocabulary has no multi-digit tokens, so a pre-tokenizer that grouped digits
+    would still give the ids above; the boundaries themselves are pinned here, as published
+    in transformers' tests/models/qwen2/test_tokenization_qwen2.py
+    (test_python_full_tokenizer: with "01" in the vocabulary and "0 1" in the merges,
+    "lower lower newer 010;}\\n" still splits 0 | 1 | 0, and ";}\\n" stays one piece)."""
+    pieces = tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str("lower lower newer 010;}\n")
+    assert [p for p, _ in pieces] == ["lower", "Ġlower", "Ġnewer", "Ġ", "0", "1", "0", ";}Ċ"]
