@@ -54,6 +54,7 @@ NOT_RUN_HERE = {
     "uv run rerank --model Qwen/": "downloads the 16 GB checkpoint",
     "uv run pytest": "the test suite itself",
     "cog ": "needs Docker and the Cog CLI",
+    "sudo curl -o /usr/local/bin/cog ": "installs the Cog CLI, which needs Docker",
     "uv run script/download-weights": "downloads the 16 GB checkpoint",
     "curl -s -X POST https://api.replicate.com": "needs a Replicate account",
     "  -H ": "continues the line above",
