@@ -54,20 +54,30 @@ def test_sdpa_matches_reference(contexts, segments, native_gqa):
     assert torch.allclose(got, reference_attention(q, k, v, batch, ctx), atol=1e-5)
 
 
-def cpu_varlen_kernel(q, k, v, cu_q, cu_k, max_q, max_k):
-    """FlashAttention's varlen contract on CPU, segment by segment (causal, bottom-right)."""
-    out = torch.empty_like(q)
-    groups = q.shape[1] // k.shape[1]
-    for i in range(len(cu_q) - 1):
-        qs = q[cu_q[i] : cu_q[i + 1]].transpose(0, 1)
-        ks = k[cu_k[i] : cu_k[i + 1]].repeat_interleave(groups, 1).transpose(0, 1)
-        vs = v[cu_k[i] : cu_k[i + 1]].repeat_interleave(groups, 1).transpose(0, 1)
-        allowed = torch.ones(qs.shape[1], ks.shape[1], dtype=torch.bool).tril(
-            ks.shape[1] - qs.shape[1]
-        )
-        o = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, attn_mask=allowed)
-        out[cu_q[i] : cu_q[i + 1]] = o.transpose(0, 1)
-    return out
+def per_segment_kernel(diagonal):
+    """A varlen kernel on CPU, segment by segment; ``diagonal(q_len, k_len)`` places the causal
+    mask (None: no mask)."""
+
+    def kernel(q, k, v, cu_q, cu_k, max_q, max_k):
+        out = torch.empty_like(q)
+        groups = q.shape[1] // k.shape[1]
+        for i in range(len(cu_q) - 1):
+            qs = q[cu_q[i] : cu_q[i + 1]].transpose(0, 1)
+            ks = k[cu_k[i] : cu_k[i + 1]].repeat_interleave(groups, 1).transpose(0, 1)
+            vs = v[cu_k[i] : cu_k[i + 1]].repeat_interleave(groups, 1).transpose(0, 1)
+            d = diagonal(qs.shape[1], ks.shape[1])
+            mask = None
+            if d is not None:
+                mask = torch.ones(qs.shape[1], ks.shape[1], dtype=torch.bool).tril(d)
+            o = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask)
+            out[cu_q[i] : cu_q[i + 1]] = o.transpose(0, 1)
+        return out
+
+    return kernel
+
+
+# FlashAttention's varlen contract: causal, aligned bottom-right.
+cpu_varlen_kernel = per_segment_kernel(lambda nq, nk: nk - nq)
 
 
 @pytest.mark.parametrize("contexts,segments", LAYOUTS)
@@ -105,32 +115,11 @@ def test_backend_selection_on_cpu():
         select_on_cpu("flash")
 
 
-def forgets_the_mask(q, k, v, cu_q, cu_k, max_q, max_k):
-    """A wrong kernel: attends to every key (as an ``is_causal`` flag ignored would)."""
-    out = torch.empty_like(q)
-    groups = q.shape[1] // k.shape[1]
-    for i in range(len(cu_q) - 1):
-        qs = q[cu_q[i] : cu_q[i + 1]].transpose(0, 1)
-        ks = k[cu_k[i] : cu_k[i + 1]].repeat_interleave(groups, 1).transpose(0, 1)
-        vs = v[cu_k[i] : cu_k[i + 1]].repeat_interleave(groups, 1).transpose(0, 1)
-        o = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs)
-        out[cu_q[i] : cu_q[i + 1]] = o.transpose(0, 1)
-    return out
-
-
-def top_left_causal(q, k, v, cu_q, cu_k, max_q, max_k):
-    """A subtly wrong kernel: causal mask aligned top-left (FlashAttention < 2.1's convention),
-    so a segment continuing a context does not see all of it."""
-    out = torch.empty_like(q)
-    groups = q.shape[1] // k.shape[1]
-    for i in range(len(cu_q) - 1):
-        qs = q[cu_q[i] : cu_q[i + 1]].transpose(0, 1)
-        ks = k[cu_k[i] : cu_k[i + 1]].repeat_interleave(groups, 1).transpose(0, 1)
-        vs = v[cu_k[i] : cu_k[i + 1]].repeat_interleave(groups, 1).transpose(0, 1)
-        allowed = torch.ones(qs.shape[1], ks.shape[1], dtype=torch.bool).tril(0)
-        o = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, attn_mask=allowed)
-        out[cu_q[i] : cu_q[i + 1]] = o.transpose(0, 1)
-    return out
+# A wrong kernel: attends to every key (as an ``is_causal`` flag ignored would).
+forgets_the_mask = per_segment_kernel(lambda nq, nk: None)
+# A subtly wrong kernel: causal mask aligned top-left (FlashAttention < 2.1's convention), so a
+# segment continuing a context does not see all of it.
+top_left_causal = per_segment_kernel(lambda nq, nk: 0)
 
 
 def refuses(q, k, v, cu_q, cu_k, max_q, max_k):
