@@ -95,7 +95,7 @@ def test_varlen_packing_matches_reference(contexts, segments):
     assert torch.allclose(got, reference_attention(q, k, v, batch, ctx), atol=1e-5)
 
 
-def select_on_cpu(choice: str):
+def select_on_cpu(choice: str, candidates=None):
     return select_backend(
         choice,
         heads=HEADS,
@@ -103,6 +103,7 @@ def select_on_cpu(choice: str):
         dim=DIM,
         device=torch.device("cpu"),
         dtype=torch.float32,
+        candidates=candidates,
     )
 
 
@@ -131,15 +132,7 @@ def varlen(kernel, name):
 
 
 def select_among(candidates, choice="auto"):
-    return select_backend(
-        choice,
-        heads=HEADS,
-        kv_heads=KV_HEADS,
-        dim=DIM,
-        device=torch.device("cpu"),
-        dtype=torch.float32,
-        candidates=candidates,
-    )
+    return select_on_cpu(choice, candidates)
 
 
 def test_self_check_rejects_wrong_kernels_and_takes_the_next_one(caplog):
