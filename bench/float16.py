@@ -28,8 +28,8 @@ import test_float16 as cases  # noqa: E402
 import workloads  # noqa: E402
 from run import build_model, ours  # noqa: E402
 
+from devtools.offline import build_tokenizer  # noqa: E402
 from reranker import Settings  # noqa: E402
-from reranker.offline import build_tokenizer  # noqa: E402
 from reranker.tokenization import PromptEncoder  # noqa: E402
 
 

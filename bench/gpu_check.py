@@ -33,9 +33,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from reference import Recipe  # noqa: E402
 
+from devtools.localserver import LocalCogServer  # noqa: E402
+from devtools.offline import QUARTER_8B, build_tokenizer, save_random_model  # noqa: E402
 from reranker import Reranker, Settings  # noqa: E402
-from reranker.localserver import LocalCogServer  # noqa: E402
-from reranker.offline import QUARTER_8B, build_tokenizer, save_random_model  # noqa: E402
 
 QUERY = "What are the health benefits of green tea?"
 DOCS = [

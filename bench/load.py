@@ -21,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from devtools.localserver import LocalCogServer  # noqa: E402
+from devtools.offline import save_random_model  # noqa: E402
 from reranker import Reranker, Settings  # noqa: E402
-from reranker.localserver import LocalCogServer  # noqa: E402
-from reranker.offline import save_random_model  # noqa: E402
 
 WORDS = ["tea", "green", "health", "city", "river", "model", "rank", "token", "query", "answer"]
 

@@ -24,8 +24,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 import workloads  # noqa: E402
 from run import build_model, ours  # noqa: E402
 
+from devtools.offline import build_tokenizer  # noqa: E402
 from reranker import Settings  # noqa: E402
-from reranker.offline import build_tokenizer  # noqa: E402
 from reranker.tokenization import PromptEncoder  # noqa: E402
 
 

@@ -38,11 +38,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 import workloads  # noqa: E402
 from reference import Recipe, format_instruction  # noqa: E402
 
+from devtools.offline import CPU_SCALE, QWEN3_8B, build_tokenizer, qwen3_config  # noqa: E402
 from reranker import Reranker, Settings  # noqa: E402
 from reranker.attention import VarlenAttention, _self_check, find_varlen_kernels  # noqa: E402
 from reranker.engine import Engine  # noqa: E402
 from reranker.model import QwenScorer  # noqa: E402
-from reranker.offline import CPU_SCALE, QWEN3_8B, build_tokenizer, qwen3_config  # noqa: E402
 from reranker.scheduler import Scheduler  # noqa: E402
 from reranker.tokenization import PromptEncoder  # noqa: E402
 

@@ -75,7 +75,7 @@ def memory_kib() -> dict[str, int]:
 
 def one(kind: str, size: int, max_length: int, mode: str) -> dict:
     """Run in a fresh process: time and peak memory of ``encode`` on one document."""
-    from reranker.offline import build_tokenizer
+    from devtools.offline import build_tokenizer
     from reranker.prompt import DEFAULT_INSTRUCTION
     from reranker.tokenization import PromptEncoder
 

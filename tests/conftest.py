@@ -6,8 +6,8 @@ import os
 
 import pytest
 
+from devtools.offline import build_tokenizer, save_random_model
 from reranker import Reranker, Settings
-from reranker.offline import build_tokenizer, save_random_model
 
 # Tiny models with the real vocabulary. initializer_range is raised so that scores spread
 # over (0, 1) instead of sitting at 0.5, which would make parity checks weak.

@@ -17,10 +17,10 @@ import logging
 import pytest
 import torch
 
+from devtools.offline import qwen3_config
 from reranker import Reranker, Settings
 from reranker.engine import Engine
 from reranker.model import NonFiniteError, QwenScorer
-from reranker.offline import qwen3_config
 from reranker.service import RerankService
 
 QUERY = "which animal is the fastest on land?"

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from reranker.localserver import LocalCogServer
+from devtools.localserver import LocalCogServer
 
 CLIENTS = 4
 TIME_LIMIT_S = 180

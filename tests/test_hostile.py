@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from devtools.localserver import LocalCogServer, ServerError
+from devtools.offline import save_random_model
 from reranker import Settings
 from reranker.config import SettingsError
-from reranker.localserver import LocalCogServer, ServerError
 from reranker.model import NonFiniteError
-from reranker.offline import save_random_model
 from reranker.service import RerankService
 
 ARGUMENTS = ("query", "documents", "instruction", "top_k", "batch_size", "max_length")

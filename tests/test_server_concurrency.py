@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from reranker.localserver import LocalCogServer, free_port
+from devtools.localserver import LocalCogServer, free_port
 
 CLIENTS = 4
 REQUESTS_PER_CLIENT = 6

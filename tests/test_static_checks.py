@@ -620,6 +620,7 @@ def test_build_context_is_what_the_image_needs():
         ".cache/huggingface/hub/x",
         ".cog/openapi_schema.json",
         "tests/test_api.py",
+        "devtools/offline.py",
         "bench/out/load.json",
         "bench/results/cpu.md",
         ".whl/torch.whl",

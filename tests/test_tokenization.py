@@ -11,7 +11,7 @@ from reference import Recipe
 from tokenizers import Tokenizer
 from transformers import Qwen2Tokenizer
 
-from reranker.offline import ADDED_TOKENS, FIRST_ADDED_ID
+from devtools.offline import ADDED_TOKENS, FIRST_ADDED_ID
 from reranker.prompt import DEFAULT_INSTRUCTION, SUFFIX, format_body, format_head, format_tail
 from reranker.tokenization import PromptEncoder, TokenizerError
 

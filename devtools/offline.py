@@ -135,11 +135,11 @@ def save_random_model(path: str | Path, *, seed: int = 0, tokenizer=None, **over
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m reranker.offline DIR``: a tiny random-weight Qwen3 reranker for trying the
+    """``python -m devtools.offline DIR``: a tiny random-weight Qwen3 reranker for trying the
     plumbing (CLI, server) without the 16 GB checkpoint. Its scores mean nothing."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m reranker.offline", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m devtools.offline", description=main.__doc__)
     p.add_argument("dest", help="folder to write the model to")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
