@@ -14,6 +14,7 @@ from cog import BasePredictor, Input, concurrent, current_scope
 from pydantic import BaseModel
 
 from reranker.config import Settings
+from reranker.request import RerankRequest
 from reranker.service import RerankService
 
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -33,6 +34,8 @@ class RankedDocument(BaseModel):
     document: str | None
     score: float
     logit: float
+    tokens: int
+    truncated: bool
 
 
 class Usage(BaseModel):
@@ -83,7 +86,8 @@ class Predictor(BasePredictor):
             description="Include each document's text in the results (false: null).",
         ),
     ) -> Output:
-        result, metrics = await self.service.rerank(
+        request = RerankRequest.build(
+            self.service.limits,
             query=query,
             documents=documents,
             instruction=instruction,
@@ -92,6 +96,7 @@ class Predictor(BasePredictor):
             batch_size=batch_size,
             return_documents=return_documents,
         )
+        result, metrics = await self.service.rerank(request)
         scope = current_scope()
         for name, value in metrics.items():
             scope.record_metric(name, value)

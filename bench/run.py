@@ -154,9 +154,10 @@ def timed(device: str, fn):
 
 
 def prompt_shapes(reranker: Reranker, w: workloads.Workload) -> tuple[int, list[int]]:
-    encoded = reranker.prepare(
+    request = reranker.request(
         w.query, w.documents, instruction=w.instruction, max_length=w.max_length
-    ).encoded
+    )
+    encoded = reranker.prepare(request).encoded
     return len(encoded.context), [len(d) for d in encoded.documents]
 
 
@@ -210,7 +211,7 @@ async def _clients(reranker, scheduler, requests, k):
     async def client():
         while queue:
             prepared = queue.pop()
-            await scheduler.logits(prepared.encoded, batch_size=prepared.batch_size)
+            await scheduler.logits(prepared.encoded, batch_size=prepared.request.batch_size)
 
     await asyncio.gather(*(client() for _ in range(k)))
 
@@ -224,7 +225,8 @@ def concurrency_rows(reranker, tokenizer, device, levels, n_requests, docs_per_r
         docs = [
             source.document(n) for n in lengths[r * docs_per_request : (r + 1) * docs_per_request]
         ]
-        requests.append(reranker.prepare(f"query number {r}: green tea and health?", docs))
+        query = f"query number {r}: green tea and health?"
+        requests.append(reranker.prepare(reranker.request(query, docs)))
     rows = []
     scheduler = Scheduler([reranker.engine])
     for k in levels:
@@ -290,14 +292,17 @@ def ours(
         yes_id=encoder.yes_id,
         no_id=encoder.no_id,
         attention=attention,
-        release_lm_head=False,
         compile=compile,
         numerics=numerics,
     )
-    engine = Engine(scorer, settings)
+    engine = Engine(
+        scorer,
+        max_batch_tokens=settings.batch_tokens(scorer.device.type),
+        prefix_reuse=settings.prefix_reuse,
+    )
     if scorer.device.type == "cuda":
         engine.warmup()
-    return Reranker(engine, encoder, settings=settings)
+    return Reranker([engine], encoder, limits=settings.limits)
 
 
 @contextmanager

@@ -1,10 +1,12 @@
 """Qwen3-Reranker scoring with the model card's exact recipe, fast.
 
-The data path, one module each: ``prompt`` (text -> prompt) -> ``tokenization`` (token ids)
--> ``batching`` / ``packing`` (passes) -> ``model`` + ``attention`` (hidden states -> logits)
--> ``scoring`` (scores, ranked results). ``api.Reranker`` ties them together; ``engine`` runs
-passes within a token budget; ``scheduler`` and ``service`` serve concurrent requests;
-``config`` holds every setting; ``weights`` finds the checkpoint.
+The data path, one module each: ``request`` (the validated request) -> ``prompt`` (text ->
+prompt) -> ``tokenization`` (token ids) -> ``scheduler`` + ``batching`` (documents of every
+caller -> passes under a token budget) -> ``engine`` + ``packing`` (a pass on one replica) ->
+``model`` + ``attention`` (hidden states -> logits) -> ``scoring`` (scores, ranked results).
+Every caller takes that one road: ``api.Reranker`` (library, CLI) and ``service`` (the Cog
+server) differ only in how they wait. ``config`` holds every setting, ``placement`` picks
+devices and dtype, ``loading`` and ``weights`` find and load the checkpoint.
 
 Names are imported lazily so that ``rerank --help`` and argument errors do not wait for torch.
 """
@@ -18,6 +20,7 @@ _EXPORTS = {
     "DEFAULT_INSTRUCTION": "prompt",
     "RankedDocument": "scoring",
     "RerankResult": "scoring",
+    "RerankRequest": "request",
     "Reranker": "api",
     "Settings": "config",
     "Usage": "scoring",
@@ -27,11 +30,13 @@ if TYPE_CHECKING:
     from .api import Reranker
     from .config import Settings
     from .prompt import DEFAULT_INSTRUCTION
+    from .request import RerankRequest
     from .scoring import RankedDocument, RerankResult, Usage
 
 __all__ = [
     "DEFAULT_INSTRUCTION",
     "RankedDocument",
+    "RerankRequest",
     "RerankResult",
     "Reranker",
     "Settings",

@@ -9,6 +9,7 @@ cannot take a batch of eight 32k-token neighbours with it.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 
 
 def length_order(lengths: Sequence[int], keys: Sequence[Hashable] | None = None) -> list[int]:
@@ -22,6 +23,34 @@ def length_order(lengths: Sequence[int], keys: Sequence[Hashable] | None = None)
     return sorted(range(len(lengths)), key=lambda i: (-lengths[i], keys[i], i))
 
 
+@dataclass
+class PassFill:
+    """The rule for filling one pass: at most ``max_tokens`` tokens and ``max_items`` items.
+
+    The first item is always admitted, so an item longer than ``max_tokens`` gets a pass of its
+    own (it cannot be split). The scheduler fills every document pass with it; ``plan_passes``
+    plans the shared-prefix passes with it.
+    """
+
+    max_tokens: int
+    max_items: int
+    tokens: int = 0
+    items: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1 or self.max_items < 1:
+            raise ValueError("max_tokens and max_items must be at least 1")
+
+    def admits(self, n: int) -> bool:
+        return self.items == 0 or (
+            self.tokens + n <= self.max_tokens and self.items < self.max_items
+        )
+
+    def add(self, n: int) -> None:
+        self.tokens += n
+        self.items += 1
+
+
 def plan_passes(
     lengths: Sequence[int],
     *,
@@ -29,24 +58,16 @@ def plan_passes(
     max_items: int,
     keys: Sequence[Hashable] | None = None,
 ) -> list[list[int]]:
-    """Split item indices into passes of at most ``max_items`` items and ``max_tokens`` tokens.
-
-    An item longer than ``max_tokens`` gets a pass of its own (it cannot be split).
-    """
-    if max_tokens < 1 or max_items < 1:
-        raise ValueError("max_tokens and max_items must be at least 1")
+    """Split item indices, longest first, into passes filled by :class:`PassFill`."""
     passes: list[list[int]] = []
-    current: list[int] = []
-    used = 0
+    fill = PassFill(max_tokens, max_items)
     for i in length_order(lengths, keys):
-        n = lengths[i]
-        if current and (used + n > max_tokens or len(current) >= max_items):
-            passes.append(current)
-            current, used = [], 0
-        current.append(i)
-        used += n
-    if current:
-        passes.append(current)
+        if not fill.admits(lengths[i]):
+            fill = PassFill(max_tokens, max_items)
+        if fill.items == 0:
+            passes.append([])
+        passes[-1].append(i)
+        fill.add(lengths[i])
     return passes
 
 

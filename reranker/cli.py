@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, DTYPE_NAMES, Settings
-from .validation import check_request
+from .request import RerankRequest
 
 
 def read_documents(text: str) -> list[str]:
@@ -60,14 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         documents = read_documents(text)
         settings = Settings.from_env()
         # Fail on bad arguments before spending seconds importing torch and loading weights.
-        check_request(
-            settings,
+        request = RerankRequest.build(
+            settings.limits,
             query=args.query,
             documents=documents,
             instruction=args.instruction,
+            top_k=args.top_k,
             max_length=args.max_length,
             batch_size=args.batch_size,
-            top_k=args.top_k,
+            return_documents=not args.no_documents,
         )
         from .api import Reranker
         from .config import HUB_MODEL_ID
@@ -76,15 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reranker = Reranker.load(
             args.model, device=args.device, dtype=args.dtype, settings=settings, revision=revision
         )
-        result = reranker.rank(
-            args.query,
-            documents,
-            instruction=args.instruction,
-            top_k=args.top_k,
-            max_length=args.max_length,
-            batch_size=args.batch_size,
-            return_documents=not args.no_documents,
-        )
+        result = reranker.rerank(request)
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"rerank: error: {exc}", file=sys.stderr)
         return 1

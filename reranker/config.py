@@ -78,32 +78,67 @@ class Settings:
         settings.validate()
         return settings
 
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_documents=self.max_documents,
+            max_document_chars=self.max_document_chars,
+            max_query_chars=self.max_query_chars,
+            max_total_chars=self.max_total_chars,
+            max_request_tokens=self.max_request_tokens,
+        )
+
     def validate(self) -> None:
-        choices = {"attention": ("auto", "varlen", "sdpa"), "prefix_reuse": ("auto", "on", "off")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise SettingsError(
-                    f"{ENV_PREFIX}{name.upper()} must be one of {', '.join(allowed)}, "
-                    f"not {getattr(self, name)!r}"
-                )
-        if self.dtype is not None and self.dtype not in DTYPE_NAMES:
-            raise SettingsError(
-                f"{ENV_PREFIX}DTYPE must be one of {', '.join(DTYPE_NAMES)}, not {self.dtype!r}"
-            )
-        if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
-            raise SettingsError(
-                f"{ENV_PREFIX}DEVICE must be cpu, cuda or cuda:N, not {self.device!r}"
-            )
+        try:
+            check_choice(env_name("attention"), self.attention, ATTENTION_NAMES)
+            check_choice(env_name("prefix_reuse"), self.prefix_reuse, PREFIX_REUSE_NAMES)
+            if self.dtype is not None:
+                check_choice(env_name("dtype"), self.dtype, DTYPE_NAMES)
+            if self.device is not None:
+                check_device_name(env_name("device"), self.device)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
         if self.weights_url is not None and not self.weights_url.startswith(
             ("http://", "https://")
         ):
             raise SettingsError(
-                f"{ENV_PREFIX}WEIGHTS_URL must be an http:// or https:// URL, "
+                f"{env_name('weights_url')} must be an http:// or https:// URL, "
                 f"not {self.weights_url!r}"
             )
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one request may hold; checked when a request is built (reranker.request)."""
+
+    max_documents: int = Settings.max_documents
+    max_document_chars: int = Settings.max_document_chars
+    max_query_chars: int = Settings.max_query_chars
+    max_total_chars: int = Settings.max_total_chars
+    max_request_tokens: int = Settings.max_request_tokens
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``Settings.<field>``."""
+    return ENV_PREFIX + field.upper()
+
+
 DTYPE_NAMES = ("float16", "bfloat16", "float32")
+ATTENTION_NAMES = ("auto", "varlen", "sdpa")
+PREFIX_REUSE_NAMES = ("auto", "on", "off")
+
+
+def check_choice(label: str, value: object, allowed: tuple[str, ...]) -> str:
+    """The one rule for named choices; ``label`` is what the caller calls the field."""
+    if value not in allowed:
+        raise ValueError(f"{label} must be one of {', '.join(allowed)}, not {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_device_name(label: str, value: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+        raise ValueError(f"{label} must be cpu, cuda or cuda:N, not {value!r}")
+    return value
 
 
 _BOOLS = {"warmup", "compile"}

@@ -1,26 +1,28 @@
-"""Token ids of requests -> forward passes -> logits, within a token budget.
+"""Work items -> forward passes -> logits, on one model replica.
 
-The engine decides per request whether to compute the shared prompt prefix once (its keys and
-values are then reused by every document), plans passes under the token budget, and survives
-out-of-memory errors by splitting a pass in halves; only a single document that cannot fit
-fails, with a message that says so.
+The engine decides per document whether to continue the request's shared prompt prefix (its
+keys and values computed once) or run the prompt whole, builds those prefixes, runs the passes
+the scheduler fills, re-scores 16-bit overflows with float32 activations, and survives
+out-of-memory errors by splitting a pass in halves; only a single prompt that cannot fit
+fails, with a message that says so. Planning passes is the scheduler's job.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 
 from .batching import plan_passes, split_in_half
-from .config import Settings
+from .config import PREFIX_REUSE_NAMES, check_choice
 from .model import ContextKV, QwenScorer
 from .packing import Segment, pack
 from .tokenization import EncodedRequest
+from .validation import check_int
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +62,15 @@ class PassResult:
     rescored: list[int]
 
 
-# Called after each pass with (documents done, tokens done) of the request.
-Progress = Callable[[int, int], None]
-
-
 class Engine:
-    def __init__(self, scorer: QwenScorer, settings: Settings) -> None:
+    """One model replica: runs the passes the scheduler plans, within ``max_batch_tokens``."""
+
+    def __init__(
+        self, scorer: QwenScorer, *, max_batch_tokens: int, prefix_reuse: str = "auto"
+    ) -> None:
         self.scorer = scorer
-        self.settings = settings
-        self.max_batch_tokens = settings.batch_tokens(scorer.device.type)
+        self.max_batch_tokens = check_int("max_batch_tokens", max_batch_tokens, low=1)
+        self.prefix_reuse = check_choice("prefix_reuse", prefix_reuse, PREFIX_REUSE_NAMES)
         self.passes = 0  # forward passes run so far (a counter for metrics)
         self.rescored = 0  # prompts re-scored with float32 activations after an overflow
 
@@ -85,7 +87,7 @@ class Engine:
         request of short ones off reuse, nor pull itself into it.
         """
         docs = encoded.documents
-        mode = self.settings.prefix_reuse
+        mode = self.prefix_reuse
         if mode != "auto":
             return [mode == "on"] * len(docs)
         if len(docs) < 2:
@@ -95,42 +97,6 @@ class Engine:
         limit = 4 * len(encoded.context)
         reuse = [len(d) <= limit for d in docs]
         return reuse if sum(reuse) >= 2 else [False] * len(docs)
-
-    def items(self, encoded: EncodedRequest) -> list[Item]:
-        """The request's documents as work items (building the shared context if reused)."""
-        reuse = self.reuses_prefix(encoded)
-        context = self.contexts([encoded.context])[0] if any(reuse) else None
-        return [
-            Item(doc, context) if r else Item(encoded.context + doc)
-            for doc, r in zip(encoded.documents, reuse, strict=True)
-        ]
-
-    def score_request(
-        self, encoded: EncodedRequest, *, batch_size: int, progress: Progress | None = None
-    ) -> list[float]:
-        """float32 logits for every document of one request, in input order."""
-        items = self.items(encoded)
-        logits = [0.0] * len(items)
-        done = tokens = 0
-        for indices in self.plan(items, batch_size=batch_size, keys=encoded.documents):
-            batch = [items[i] for i in indices]
-            for i, value in zip(indices, self.run(batch).logits, strict=True):
-                logits[i] = value
-            done += len(indices)
-            tokens += sum(it.num_tokens for it in batch)
-            if progress is not None:
-                progress(done, tokens)
-        return logits
-
-    def plan(
-        self, items: Sequence[Item], *, batch_size: int, keys: Sequence[Hashable] | None = None
-    ) -> list[list[int]]:
-        return plan_passes(
-            [len(it.ids) for it in items],
-            max_tokens=self.max_batch_tokens,
-            max_items=batch_size,
-            keys=keys,
-        )
 
     # -- passes --------------------------------------------------------------------------
 
@@ -204,7 +170,7 @@ class Engine:
         if len(items) == 1:
             raise DocumentTooLargeError(
                 f"a prompt of {items[0].num_tokens:,} tokens does not fit in GPU memory even "
-                "alone; lower max_length or RERANKER_MAX_BATCH_TOKENS"
+                "alone; lower max_length"
             )
         log.warning("out of memory on a pass of %d prompts; retrying in halves", len(items))
         first, second = split_in_half(range(len(items)))
@@ -238,6 +204,6 @@ class Engine:
             free_bytes, total = torch.cuda.mem_get_info(self.scorer.device)
             free = f" ({free_bytes / 2**30:.1f} of {total / 2**30:.1f} GiB free after loading)"
         raise BudgetTooLargeError(
-            f"a pass of RERANKER_MAX_BATCH_TOKENS={budget} tokens does not fit on "
-            f"{self.scorer.device}{free}; set RERANKER_MAX_BATCH_TOKENS lower"
+            f"a pass of {budget} tokens does not fit on {self.scorer.device}{free}; "
+            "lower max_batch_tokens"
         )

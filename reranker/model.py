@@ -20,7 +20,6 @@ the norms are float32 (see :class:`Numerics`). A segment that still overflows is
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -96,7 +95,6 @@ class QwenScorer:
         yes_id: int,
         no_id: int,
         attention: str = "auto",
-        release_lm_head: bool = True,
         compile: bool | None = None,
         numerics: str = "auto",
     ) -> None:
@@ -126,8 +124,6 @@ class QwenScorer:
         if max(yes_id, no_id) >= vocab.shape[0]:
             raise UnsupportedModelError("the yes/no token ids are outside the model's vocabulary")
         self.head = (vocab[yes_id].detach().float() - vocab[no_id].detach().float()).contiguous()
-        if release_lm_head and not config.tie_word_embeddings:
-            hf_model.lm_head = None  # 1.2 GB on the 8B model that scoring never reads
         self.norm_eps = float(config.rms_norm_eps)
         self.layer_weights = [_layer_weights(layer) for layer in self.layers]
         if numerics == "auto":  # float16 lacks the residual stream's range (module docstring)
@@ -144,7 +140,7 @@ class QwenScorer:
             # so that passes of any size reuse it. Falls back to eager if compilation fails.
             self._pre = CompiledOrEager(attention_inputs)
             self._post = CompiledOrEager(attention_output_and_mlp)
-        self._model = hf_model.eval().requires_grad_(False)
+        self._model = hf_model  # keeps the weights alive; never changed here
         self.attention: Backend = select_backend(
             attention,
             heads=self.num_heads,
@@ -162,7 +158,7 @@ class QwenScorer:
         """float32 log-odds ``logit_yes - logit_no`` at the last token of every segment.
 
         Segments are independent: an overflow in one leaves the others finite, so callers check
-        finiteness per request (:meth:`check_finite`).
+        finiteness per request (the scheduler does).
         """
         last = self._run(batch, contexts, None, self.numerics, self.attention)
         return self._head(last)
@@ -204,14 +200,6 @@ class QwenScorer:
         for start, n in zip(batch.starts, batch.lengths, strict=True):
             out.append(ContextKV(k[:, start : start + n].clone(), v[:, start : start + n].clone()))
         return out
-
-    def check_finite(self, logits: Sequence[float]) -> None:
-        """Raise :class:`NonFiniteError` if any logit is inf/NaN (checked per request)."""
-        if not all(math.isfinite(x) for x in logits):
-            raise NonFiniteError(
-                f"the model produced non-finite values in {str(self.dtype).removeprefix('torch.')}"
-                " (numeric overflow); load it in bfloat16 (RERANKER_DTYPE=bfloat16) or float32"
-            )
 
     # -- the layer loop ------------------------------------------------------------------
 

@@ -1,14 +1,20 @@
-"""Cross-request batching: documents of concurrent requests share forward passes.
+"""The one road from a tokenized request to logits: documents of every caller share passes.
 
-Typical RAG traffic is many small requests; run one at a time they leave the GPU idle between
-small passes. The scheduler keeps one queue of pending documents from every request in flight
-and one worker thread per model replica (one per GPU). Each worker fills a pass up to its
-token budget, taking documents round-robin from the waiting requests (so a 5,000-document
-request cannot starve a 10-document one), runs it off the event loop, and hands every request
-its own logits. A request's shared prompt prefix is computed once per replica that serves it.
+Every caller comes through here: the library's ``Reranker.score/rank`` and the CLI
+(:meth:`Scheduler.logits_sync`), and the Cog server (:meth:`Scheduler.logits`, async). One
+queue holds the pending documents of every request in flight. A pass is filled round-robin
+from the waiting requests (so a 5,000-document request cannot starve a 10-document one) under
+the replica's token budget (:class:`~reranker.batching.PassFill`), and each request gets its
+own logits back, in input order. A request's shared prompt prefix is computed once per
+replica that serves it.
 
-Cancelling a request (its coroutine is cancelled) drops its documents that have not yet
-started: they leave the queue at the next pass boundary, and other requests are unaffected.
+Async callers are served by one worker thread per replica, started on first use. A blocking
+caller with no workers running drives the passes itself, in its own thread, so the library
+starts no threads and keeps none alive.
+
+Cancelling a request (its coroutine is cancelled, or a blocking caller is interrupted) drops
+its documents that have not yet started: they leave the queue at the next pass boundary, and
+other requests are unaffected.
 """
 
 from __future__ import annotations
@@ -16,15 +22,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
+import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .batching import length_order
+from .batching import PassFill, length_order
 from .engine import Engine, Item
-from .model import ContextKV
+from .model import ContextKV, NonFiniteError
 from .tokenization import EncodedRequest
 
 log = logging.getLogger(__name__)
@@ -32,22 +40,30 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RequestStats:
-    """What one request cost; reported as Cog metrics."""
+    """What one request cost so far; reported as progress and as Cog metrics."""
 
-    documents: int = 0
-    tokens: int = 0
+    documents: int = 0  # distinct documents scored
+    tokens: int = 0  # prompt tokens scored (context included)
     passes: int = 0
     model_seconds: float = 0.0
     rescored: int = 0  # documents re-scored with float32 activations after an overflow
 
 
+# on_progress(done, total, stats): after each pass that scored documents of the request.
+OnProgress = Callable[[int, int, RequestStats], None]
+# on_cancel(dropped, total): documents that left the queue unscored when the caller cancelled.
+OnCancel = Callable[[int, int], None]
+
+
 @dataclass(eq=False)
 class _Request:
+    """One request's documents in the queue. ``item`` and ``cost`` are the only places that
+    say what a document runs as and what it costs a pass."""
+
     encoded: EncodedRequest  # of the unique documents
     batch_size: int
     reuse: list[bool]  # per document: continue the cached prefix
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue
+    post: Callable[[tuple], None]  # hands an event to the waiting caller (thread-safe)
     pending: deque[int]
     logits: list[float | None]
     remaining: int
@@ -61,10 +77,10 @@ class _Request:
             return Item(ids, self.contexts[replica])
         return Item(self.encoded.context + ids)
 
-    def post(self, *event) -> None:
-        """Hand an event to the request's coroutine (thread-safe)."""
-        if not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+    def cost(self, doc: int) -> int:
+        """New tokens the document adds to a pass (its prefix too when not reused)."""
+        n = len(self.encoded.documents[doc])
+        return n if self.reuse[doc] else n + len(self.encoded.context)
 
 
 class Scheduler:
@@ -76,55 +92,68 @@ class Scheduler:
         self.engines = list(engines)
         self._cond = threading.Condition()
         self._waiting: deque[_Request] = deque()  # requests with documents not yet taken
+        self._replica_locks = [threading.Lock() for _ in self.engines]  # one pass at a time
+        self._threads: list[threading.Thread] = []
         self._closed = False
-        self._threads = [
-            threading.Thread(
-                target=self._work, args=(r,), name=f"reranker-replica-{r}", daemon=True
-            )
-            for r in range(len(self.engines))
-        ]
-        for t in self._threads:
-            t.start()
 
-    # -- caller side (event loop) ---------------------------------------------------------
+    # -- callers ---------------------------------------------------------------------------
 
     async def logits(
-        self, encoded, *, batch_size: int, on_progress=None, on_cancel=None
+        self,
+        encoded: EncodedRequest,
+        *,
+        batch_size: int,
+        on_progress: OnProgress | None = None,
+        on_cancel: OnCancel | None = None,
     ) -> tuple[list[float], RequestStats]:
         """Logits of every document of ``encoded`` (input order) and what they cost.
 
-        ``on_progress(done, total, stats)`` is called on the caller's event loop after each
-        pass that included documents of this request; ``on_cancel(dropped, total)`` when the
-        caller is cancelled, with the number of documents that left the queue unscored.
+        ``on_progress`` and ``on_cancel`` run on the caller's event loop.
         """
-        n = len(encoded.documents)
-        req = _Request(
-            encoded=encoded,
-            batch_size=batch_size,
-            reuse=self.engines[0].reuses_prefix(encoded),
-            loop=asyncio.get_running_loop(),
-            events=asyncio.Queue(),
-            pending=deque(length_order([len(d) for d in encoded.documents], encoded.documents)),
-            logits=[None] * n,
-            remaining=n,
-        )
-        with self._cond:
-            self._waiting.append(req)
-            self._cond.notify_all()
+        self._start_workers()
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def post(event: tuple) -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(events.put_nowait, event)
+
+        req = self._submit(encoded, batch_size, post)
         try:
             while True:
-                kind, payload = await req.events.get()
-                if kind == "error":
-                    raise payload
-                if on_progress is not None:
-                    on_progress(n - req.remaining, n, req.stats)
-                if kind == "done":
-                    return list(req.logits), req.stats  # type: ignore[arg-type]
+                done = self._handle(req, await events.get(), on_progress)
+                if done is not None:
+                    return done, req.stats
         except asyncio.CancelledError:
             dropped = self.cancel(req)
             if on_cancel is not None:
-                on_cancel(dropped, n)
+                on_cancel(dropped, len(req.logits))
             raise
+        except BaseException:
+            self.cancel(req)
+            raise
+
+    def logits_sync(
+        self,
+        encoded: EncodedRequest,
+        *,
+        batch_size: int,
+        on_progress: OnProgress | None = None,
+    ) -> tuple[list[float], RequestStats]:
+        """:meth:`logits` for a blocking caller; ``on_progress`` runs in the caller's thread.
+
+        With no worker threads running, the caller runs passes itself on the first replica
+        (taking other waiting requests' documents into them, as a worker would).
+        """
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        req = self._submit(encoded, batch_size, events.put)
+        try:
+            while True:
+                while events.empty() and not self._threads:
+                    self._step(0)  # each pass this request is waiting on posts an event
+                done = self._handle(req, events.get(), on_progress)
+                if done is not None:
+                    return done, req.stats
         except BaseException:
             self.cancel(req)
             raise
@@ -141,6 +170,7 @@ class Scheduler:
             return dropped
 
     def close(self) -> None:
+        """Stop the worker threads after their current pass (requests still queued wait)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -150,50 +180,97 @@ class Scheduler:
         with self._cond:
             return sum(len(r.pending) for r in self._waiting)
 
-    # -- worker side (one thread per replica) ---------------------------------------------
+    def _submit(
+        self, encoded: EncodedRequest, batch_size: int, post: Callable[[tuple], None]
+    ) -> _Request:
+        n = len(encoded.documents)
+        req = _Request(
+            encoded=encoded,
+            batch_size=batch_size,
+            reuse=self.engines[0].reuses_prefix(encoded),
+            post=post,
+            pending=deque(length_order([len(d) for d in encoded.documents], encoded.documents)),
+            logits=[None] * n,
+            remaining=n,
+        )
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the reranker is shut down")
+            self._waiting.append(req)
+            self._cond.notify_all()
+        return req
+
+    @staticmethod
+    def _handle(req: _Request, event: tuple, on_progress: OnProgress | None) -> list | None:
+        """One event for the waiting caller: the logits when done, None to keep waiting."""
+        kind, payload = event
+        if kind == "error":
+            raise payload
+        n = len(req.logits)
+        if on_progress is not None:
+            on_progress(n - req.remaining, n, req.stats)
+        return list(req.logits) if kind == "done" else None
+
+    # -- passes (worker threads, or a blocking caller) --------------------------------------
+
+    def _start_workers(self) -> None:
+        with self._cond:
+            if self._threads or self._closed:
+                return
+            self._threads = [
+                threading.Thread(
+                    target=self._work, args=(r,), name=f"reranker-replica-{r}", daemon=True
+                )
+                for r in range(len(self.engines))
+            ]
+        for t in self._threads:
+            t.start()
 
     def _work(self, replica: int) -> None:
-        engine = self.engines[replica]
         while True:
             with self._cond:
                 while not self._waiting and not self._closed:
                     self._cond.wait()
                 if self._closed:
                     return
+            self._step(replica)
+
+    def _step(self, replica: int) -> None:
+        """Fill one pass from the queue and run it on ``replica`` (if anything waits)."""
+        engine = self.engines[replica]
+        with self._replica_locks[replica]:
+            with self._cond:
                 picks = self._take(engine.max_batch_tokens)
             try:
                 self._run(engine, replica, picks)
-            except BaseException as exc:  # never let a bad pass kill the worker thread
+            except BaseException as exc:  # a bug or an interrupt: answer every request in it
                 log.exception("scheduler: unexpected failure on replica %d", replica)
                 for req in {id(r): r for r, _ in picks}.values():
-                    req.post("error", RuntimeError(f"internal error while scoring: {exc}"))
+                    req.post(("error", RuntimeError(f"internal error while scoring: {exc}")))
+                if not isinstance(exc, Exception):
+                    raise
 
     def _take(self, budget: int) -> list[tuple[_Request, int]]:
         """Fill one pass round-robin from the waiting requests (called under the lock).
 
-        The budget counts new tokens; a request's prefix counts too when it is not reused.
         A pass holds at most the smallest ``batch_size`` among the requests it serves.
         """
         picks: list[tuple[_Request, int]] = []
-        tokens = 0
-        cap = None
+        fill = PassFill(budget, 1 << 30)
         for req in itertools.cycle(list(self._waiting)):
-            if not self._waiting or (cap is not None and len(picks) >= cap):
+            if not self._waiting:
                 break
             if not req.pending:
                 if req in self._waiting:
                     self._waiting.remove(req)
                 continue
             doc = req.pending[0]
-            n = len(req.encoded.documents[doc])
-            if not req.reuse[doc]:
-                n += len(req.encoded.context)
-            if picks and tokens + n > budget:
+            if not fill.admits(req.cost(doc)):
                 break
             req.pending.popleft()
             picks.append((req, doc))
-            tokens += n
-            cap = req.batch_size if cap is None else min(cap, req.batch_size)
+            fill.add(req.cost(doc))
+            fill.max_items = min(fill.max_items, req.batch_size)
             if not req.pending:
                 self._waiting.remove(req)
         return picks
@@ -221,7 +298,8 @@ class Scheduler:
                 for r in requests:
                     self._run(engine, replica, [(q, d) for q, d in picks if q is r])
                 return
-            requests[0].post("error", exc)
+            self.cancel(requests[0])
+            requests[0].post(("error", exc))
             return
         elapsed = time.perf_counter() - started
         done: dict[int, list[int]] = {}
@@ -237,14 +315,20 @@ class Scheduler:
             r.stats.documents += len(docs)
             r.stats.passes += 1
             r.stats.model_seconds += elapsed
-            try:
-                engine.scorer.check_finite([r.logits[d] for d in docs])
-            except Exception as exc:
+            if not all(math.isfinite(r.logits[d]) for d in docs):  # type: ignore[arg-type]
                 self.cancel(r)
-                r.post("error", exc)
-                continue
-            if r.remaining == 0:
+                r.post(("error", non_finite_error(engine)))
+            elif r.remaining == 0:
                 r.contexts.clear()
-                r.post("done", None)
+                r.post(("done", None))
             else:
-                r.post("progress", None)
+                r.post(("progress", None))
+
+
+def non_finite_error(engine: Engine) -> NonFiniteError:
+    dtype = str(engine.scorer.dtype).removeprefix("torch.")
+    also = " even with float32 activations" if engine.scorer.can_rescore else ""
+    return NonFiniteError(
+        f"the model produced non-finite values in {dtype}{also} (numeric overflow); "
+        "load it in bfloat16 or float32"
+    )

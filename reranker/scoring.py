@@ -12,6 +12,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from .request import PreparedRequest
+
 
 def sigmoid(x: float) -> float:
     """Overflow-free logistic function."""
@@ -27,6 +29,8 @@ class RankedDocument:
     document: str | None  # None when return_documents=False
     score: float  # P(yes) in [0, 1]
     logit: float  # logit_yes - logit_no, a float32 value
+    tokens: int  # prompt tokens scored for this document (after truncation), as in usage
+    truncated: bool  # the document was cut to fit max_length
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,32 @@ class RerankResult:
     total_documents: int
     usage: Usage
 
+    @classmethod
+    def build(cls, prepared: PreparedRequest, logits: Sequence[float]) -> RerankResult:
+        """Sort-and-slice the request's documents by ``logits`` (one per input document)."""
+        request = prepared.request
+        order = rank_order(logits)
+        if request.top_k:
+            order = order[: request.top_k]
+        results = [
+            RankedDocument(
+                index=i,
+                document=request.documents[i] if request.return_documents else None,
+                score=sigmoid(logits[i]),
+                logit=logits[i],
+                tokens=prepared.tokens(i),
+                truncated=prepared.truncated(i),
+            )
+            for i in order
+        ]
+        return cls(
+            instruction=request.instruction,
+            query=request.query,
+            results=results,
+            total_documents=len(request.documents),
+            usage=Usage(prepared.num_tokens, prepared.num_truncated),
+        )
+
     def to_dict(self) -> dict:
         """The JSON shape shared by the CLI and the Cog predictor."""
         return asdict(self)
@@ -51,25 +81,3 @@ class RerankResult:
 def rank_order(logits: Sequence[float]) -> list[int]:
     """Indices by logit, highest first; equal logits keep input order."""
     return sorted(range(len(logits)), key=lambda i: (-logits[i], i))
-
-
-def ranked_documents(
-    documents: Sequence[str],
-    logits: Sequence[float],
-    *,
-    top_k: int | None,
-    return_documents: bool,
-) -> list[RankedDocument]:
-    """Sort-and-slice: ``top_k`` None or 0 keeps every document."""
-    order = rank_order(logits)
-    if top_k:
-        order = order[:top_k]
-    return [
-        RankedDocument(
-            index=i,
-            document=documents[i] if return_documents else None,
-            score=sigmoid(logits[i]),
-            logit=logits[i],
-        )
-        for i in order
-    ]

@@ -1,4 +1,4 @@
-"""Argument checks shared by the library, the CLI and the Cog predictor.
+"""Field checks for building a request (reranker.request) and for library arguments.
 
 Every failure is a ``ValueError`` whose message starts with the argument's name, because the
 same message reaches an HTTP client through Cog's ``"error"`` field.
@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from .config import MAX_LENGTH_LIMIT, Settings
+from .config import Limits
 
 
 def _kind(value: Any) -> str:
@@ -60,63 +60,39 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
-def check_documents(documents: Any, settings: Settings) -> list[str]:
+def check_documents(documents: Any, limits: Limits) -> list[str]:
     if documents is None:
         raise ValueError("documents is required")
     if isinstance(documents, str | bytes) or not isinstance(documents, Sequence):
         raise ValueError(f"documents must be a list of strings, got {_kind(documents)}")
     if len(documents) == 0:
         raise ValueError("documents must not be empty")
-    if len(documents) > settings.max_documents:
+    if len(documents) > limits.max_documents:
         raise ValueError(
-            f"documents has {len(documents):,} items; the limit is {settings.max_documents:,}"
+            f"documents has {len(documents):,} items; the limit is {limits.max_documents:,}"
         )
     total = 0
     docs = []
     for i, doc in enumerate(documents):
         if not isinstance(doc, str):
             raise ValueError(f"documents[{i}] must be a string, got {_kind(doc)}")
-        if len(doc) > settings.max_document_chars:
+        if len(doc) > limits.max_document_chars:
             raise ValueError(
                 f"documents[{i}] has {len(doc):,} characters; "
-                f"the limit is {settings.max_document_chars:,}"
+                f"the limit is {limits.max_document_chars:,}"
             )
         total += len(doc)
         docs.append(valid_unicode(doc))
-    if total > settings.max_total_chars:
+    if total > limits.max_total_chars:
         raise ValueError(
-            f"documents hold {total:,} characters in all; the limit is {settings.max_total_chars:,}"
+            f"documents hold {total:,} characters in all; the limit is {limits.max_total_chars:,}"
         )
     return docs
 
 
-def check_request(
-    settings: Settings,
-    *,
-    query: Any,
-    documents: Any,
-    instruction: Any,
-    max_length: Any,
-    batch_size: Any,
-    top_k: Any = None,
-) -> tuple[str, list[str], str | None]:
-    """Validate one request's arguments; returns the normalized (query, documents, instruction)."""
-    query = check_text("query", query, max_chars=settings.max_query_chars, allow_empty=False)
-    if instruction is not None:  # None: the model card's default instruction
-        instruction = check_text(
-            "instruction", instruction, max_chars=settings.max_query_chars, allow_empty=True
-        )
-    docs = check_documents(documents, settings)
-    check_int("max_length", max_length, low=1, high=MAX_LENGTH_LIMIT)
-    check_int("batch_size", batch_size, low=1)
-    if top_k is not None:
-        check_int("top_k", top_k, low=0)
-    return query, docs, instruction
-
-
-def check_token_budget(num_tokens: int, settings: Settings) -> None:
-    if num_tokens > settings.max_request_tokens:
+def check_token_budget(num_tokens: int, limits: Limits) -> None:
+    if num_tokens > limits.max_request_tokens:
         raise ValueError(
             f"documents make {num_tokens:,} prompt tokens after truncation; the limit per request "
-            f"is {settings.max_request_tokens:,} (send fewer documents or lower max_length)"
+            f"is {limits.max_request_tokens:,} (send fewer documents or lower max_length)"
         )

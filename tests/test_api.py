@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from reranker import DEFAULT_INSTRUCTION, Reranker, Settings
-from reranker.scoring import ranked_documents, sigmoid
+from reranker.request import PreparedRequest, RerankRequest
+from reranker.scoring import RerankResult, sigmoid
+from reranker.tokenization import EncodedRequest
 
 QUERY = "Which city is the capital of France?"
 DOCS = [
@@ -132,11 +134,17 @@ def test_saturated_scores_rank_by_logit():
     1.0"). Ties in the logit itself keep input order."""
     logits = [38.5, 45.25, 40.0, -50.0, 45.25, 37.0]
     assert [sigmoid(x) for x in logits[:3]] == [1.0, 1.0, 1.0]  # saturated, as claimed
-    docs = [f"d{i}" for i in range(len(logits))]
-    ranked = ranked_documents(docs, logits, top_k=None, return_documents=True)
-    assert [r.index for r in ranked] == [1, 4, 2, 0, 5, 3]
-    assert [r.logit for r in ranked] == sorted(logits, reverse=True)
-    top = ranked_documents(docs, logits, top_k=2, return_documents=False)
+    docs = tuple(f"d{i}" for i in range(len(logits)))
+    encoded = EncodedRequest((1, 2), [(3,)] * len(docs), [False] * len(docs))
+
+    def ranked(**fields):
+        request = RerankRequest("q", docs, "i", **fields)
+        prepared = PreparedRequest(request, list(range(len(docs))), encoded)
+        return RerankResult.build(prepared, logits).results
+
+    assert [r.index for r in ranked()] == [1, 4, 2, 0, 5, 3]
+    assert [r.logit for r in ranked()] == sorted(logits, reverse=True)
+    top = ranked(top_k=2, return_documents=False)
     assert [(r.index, r.document, r.score) for r in top] == [(1, None, 1.0), (4, None, 1.0)]
 
 
@@ -158,7 +166,7 @@ def test_result_shape_and_usage(reranker):
     result = reranker.rank(QUERY, DOCS, top_k=2)
     d = result.to_dict()
     assert set(d) == {"instruction", "query", "results", "total_documents", "usage"}
-    assert set(d["results"][0]) == {"index", "document", "score", "logit"}
+    assert set(d["results"][0]) == {"index", "document", "score", "logit", "tokens", "truncated"}
     assert d["instruction"] == DEFAULT_INSTRUCTION and d["query"] == QUERY
     encoded = reranker.encoder.encode(DEFAULT_INSTRUCTION, QUERY, DOCS, 8192)
     assert d["usage"] == {"total_tokens": encoded.num_tokens, "truncated_documents": 0}
@@ -203,10 +211,10 @@ def test_duplicates_score_identically_and_are_scored_once(reranker):
     docs = ["alpha", "beta", "alpha", "alpha", "beta"]
     scores = reranker.score(QUERY, docs)
     assert scores[0] == scores[2] == scores[3] and scores[1] == scores[4]
-    prepared = reranker.prepare(QUERY, docs)
+    prepared = reranker.prepare(reranker.request(QUERY, docs))
     assert len(prepared.encoded.documents) == 2
     # usage still counts every document, as the recipe would run them
-    single = reranker.prepare(QUERY, ["alpha"]).num_tokens
+    single = reranker.prepare(reranker.request(QUERY, ["alpha"])).num_tokens
     assert prepared.num_tokens > 2 * single
 
 
@@ -242,7 +250,7 @@ def test_load_rejects_bad_options(model_dir, kwargs, match):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a CPU-only machine")
 def test_load_cuda_without_cuda_is_a_clear_error(model_dir):
-    with pytest.raises(ValueError, match="CUDA is not available"):
+    with pytest.raises(ValueError, match=r"^device=cuda, but this machine has no usable CUDA"):
         Reranker.load(model_dir, device="cuda", settings=Settings())
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from reranker import Reranker, Settings
+from reranker.batching import plan_passes
 from reranker.engine import BudgetTooLargeError, DocumentTooLargeError, Engine
 
 QUERY = "what is a reranker?"
@@ -36,25 +37,29 @@ class SmallDevice:
         return self._scorer.contexts(batch)
 
 
+def engine_over(scorer, **settings) -> Engine:
+    s = Settings(**settings)
+    return Engine(scorer, max_batch_tokens=s.batch_tokens("cpu"), prefix_reuse=s.prefix_reuse)
+
+
 def constrained(reranker, limit, **settings):
     device = SmallDevice(reranker.engine.scorer, limit)
-    engine = Engine(device, Settings(**settings))
-    return Reranker(engine, reranker.encoder, settings=engine.settings), device
+    return Reranker([engine_over(device, **settings)], reranker.encoder), device
 
 
 def test_out_of_memory_splits_passes_and_keeps_scores(reranker):
     want = reranker.score(QUERY, DOCS)
     small, device = constrained(reranker, limit=150)
-    encoded = small.prepare(QUERY, DOCS).encoded
-    planned = small.engine.plan(small.engine.items(encoded), batch_size=256)
-    device.calls.clear()  # items() above ran the context pass: count from here
-    small.engine.passes = 0
+    encoded = small.prepare(small.request(QUERY, DOCS)).encoded
+    reuse = small.engine.reuses_prefix(encoded)
+    context = len(encoded.context)
+    costs = [len(d) + (0 if r else context) for d, r in zip(encoded.documents, reuse, strict=True)]
+    planned = plan_passes(costs, max_tokens=small.engine.max_batch_tokens, max_items=256)
     got = small.score(QUERY, DOCS)
     assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 1e-6
     failed = [n for n in device.calls if n > 150]
     ran = [n for n in device.calls if n <= 150]
     assert failed  # a pass did run out of memory...
-    reuse = small.engine.reuses_prefix(encoded)
     assert len(ran) > len(planned) + any(reuse)  # ...and was split
     assert small.engine.passes == len(device.calls)  # the metric counts every attempt
     # halving: fewer failed attempts than passes that ran, and every token ran exactly once
@@ -72,7 +77,7 @@ def test_a_single_prompt_too_large_fails_clearly(reranker):
 
 def test_warmup_fails_at_boot_when_the_budget_does_not_fit(reranker):
     small, _ = constrained(reranker, limit=1000, max_batch_tokens=4096)
-    with pytest.raises(BudgetTooLargeError, match="RERANKER_MAX_BATCH_TOKENS=4096"):
+    with pytest.raises(BudgetTooLargeError, match=r"^a pass of 4096 tokens does not fit on cpu"):
         small.engine.warmup()
     fits, device = constrained(reranker, limit=5000, max_batch_tokens=4096)
     fits.engine.warmup()
@@ -90,7 +95,7 @@ def test_warmup_fails_at_boot_when_the_budget_does_not_fit(reranker):
     ],
 )
 def test_prefix_reuse_decision_on_cpu(reranker, mode, docs, words, expected):
-    engine = Engine(reranker.engine.scorer, Settings(prefix_reuse=mode))
+    engine = engine_over(reranker.engine.scorer, prefix_reuse=mode)
     encoded = reranker.encoder.encode("i", "q", ["word " * words] * docs, 8192)
     assert engine.reuses_prefix(encoded) == [expected] * docs
 
@@ -98,13 +103,10 @@ def test_prefix_reuse_decision_on_cpu(reranker, mode, docs, words, expected):
 def test_prefix_reuse_is_decided_per_document_on_cpu(reranker):
     """One long document among short ones runs whole; the short ones still continue the
     prefix (a request-wide rule would switch all of them one way)."""
-    engine = Engine(reranker.engine.scorer, Settings())
+    engine = engine_over(reranker.engine.scorer)
     docs = ["short"] * 5 + ["word " * 3000] + ["tiny"]
     encoded = reranker.encoder.encode("i", "q", docs, 8192)
     assert engine.reuses_prefix(encoded) == [True] * 5 + [False, True]
-    items = engine.items(encoded)
-    assert [it.context is not None for it in items] == [True] * 5 + [False, True]
-    assert items[5].ids == encoded.context + encoded.documents[5]
     lone = reranker.encoder.encode("i", "q", ["short", "word " * 3000], 8192)
     assert engine.reuses_prefix(lone) == [False, False]  # one short document has no one to share
 

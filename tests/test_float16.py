@@ -165,8 +165,9 @@ def load(path, dtype: str, numerics: str = "auto", **settings) -> Reranker:
     encoder = PromptEncoder(AutoTokenizer.from_pretrained(path))
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     scorer = QwenScorer(hf, yes_id=encoder.yes_id, no_id=encoder.no_id, numerics=numerics)
-    engine = Engine(scorer, Settings(**settings))
-    return Reranker(engine, encoder, settings=engine.settings)
+    s = Settings(**settings)
+    engine = Engine(scorer, max_batch_tokens=s.batch_tokens("cpu"), prefix_reuse=s.prefix_reuse)
+    return Reranker([engine], encoder, limits=s.limits)
 
 
 def worst(a, b) -> float:
@@ -207,7 +208,7 @@ def test_native_float16_overflows_on_these_models(outlier_dirs, shape):
     from reranker.packing import Segment, pack
 
     native = load(outlier_dirs[shape], "float16", numerics="native")
-    encoded = native.prepare(QUERY, DOCS).encoded
+    encoded = native.prepare(native.request(QUERY, DOCS)).encoded
     batch = pack([Segment(encoded.prompt_ids(i)) for i in range(len(DOCS))], [], "cpu")
     assert not torch.isfinite(native.engine.scorer.logits(batch)).all()
 
@@ -245,11 +246,10 @@ def test_an_overflowing_prompt_is_rescored_in_the_safe_mode(outlier_dirs, caplog
 
 
 def test_the_server_path_counts_rescored_documents(outlier_dirs):
-    service = RerankService([load(outlier_dirs["value_overflow"], "float16")])
+    service = RerankService(load(outlier_dirs["value_overflow"], "float16"))
+    request = service.reranker.request(QUERY, DOCS + DOCS[:2], top_k=5)
     try:
-        result, metrics = asyncio.run(
-            service.rerank(query=QUERY, documents=DOCS + DOCS[:2], top_k=5, say=print)
-        )
+        result, metrics = asyncio.run(service.rerank(request, say=print))
     finally:
         service.close()
     assert metrics.rescored_documents == len(DOCS)  # distinct documents, each once
@@ -258,6 +258,6 @@ def test_the_server_path_counts_rescored_documents(outlier_dirs):
 
 def test_a_prompt_that_overflows_even_in_float32_fails_clearly(outlier_dirs):
     fp16 = load(outlier_dirs["infinite"], "float16")
-    with pytest.raises(NonFiniteError, match=r"float16.*RERANKER_DTYPE=bfloat16"):
+    with pytest.raises(NonFiniteError, match=r"float16 even with float32 activations .*bfloat16"):
         fp16.score(QUERY, DOCS[:3])
     assert fp16.engine.rescored == 3  # the safe mode was tried first

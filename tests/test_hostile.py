@@ -205,13 +205,12 @@ def test_an_overflow_even_in_float32_fails_the_request_not_the_service(tmp_path,
     save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
     from reranker import Reranker
 
-    service = RerankService(
-        [Reranker.load(path, device="cpu", dtype="float16", settings=Settings())]
-    )
+    service = RerankService(Reranker.load(path, device="cpu", dtype="float16", settings=Settings()))
+    request = service.reranker.request("q", ["a", "b"])
     try:
-        with pytest.raises(NonFiniteError, match=r"float16 .*RERANKER_DTYPE=bfloat16"):
-            asyncio.run(service.rerank(query="q", documents=["a", "b"], say=lambda _: None))
-        assert service.scheduler._threads[0].is_alive()
+        with pytest.raises(NonFiniteError, match=r"float16 .*\(set RERANKER_DTYPE\)$"):
+            asyncio.run(service.rerank(request, say=lambda _: None))
+        assert service.reranker.scheduler._threads[0].is_alive()
     finally:
         service.close()
 
@@ -243,7 +242,7 @@ def broken_models(root, tokenizer):
         ),
         "cuda without cuda": (
             {"RERANKER_MODEL": str(unreadable), "RERANKER_DEVICE": "cuda"},
-            "SettingsError: RERANKER_DEVICE=cuda, but this machine has no usable CUDA device",
+            "SettingsError: RERANKER_DEVICE=cuda, but this machine has no usable CUDA",
         ),
     }
 

@@ -7,15 +7,17 @@ import itertools
 import random
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 
 from devtools.offline import save_random_model
 from reranker import Reranker, Settings
-from reranker import service as service_module
+from reranker import progress as progress_module
 from reranker.engine import DocumentTooLargeError, Engine
 from reranker.model import NonFiniteError
+from reranker.request import RerankRequest
 from reranker.scheduler import Scheduler
 from reranker.service import RerankService
 
@@ -32,9 +34,15 @@ def docs_for(seed: int, n: int) -> list[str]:
 def service(model_dir):
     """Two CPU replicas behind one scheduler, with a small budget so passes are many."""
     settings = Settings(device="cpu", replicas=2, max_batch_tokens=600, warmup=False)
-    svc = RerankService([Reranker.load(model_dir, settings=settings) for _ in range(2)])
+    svc = RerankService.start(replace(settings, model=str(model_dir)))
+    assert len(svc.reranker.engines) == 2
     yield svc
     svc.close()
+
+
+async def ask(service, *, say, **fields):
+    """One request through the service, built as predict.py builds it."""
+    return await service.rerank(RerankRequest.build(service.limits, **fields), say=say)
 
 
 def assert_same_result(got, want):
@@ -46,33 +54,33 @@ def assert_same_result(got, want):
 
 async def gather_requests(service, specs):
     async def one(query, docs, top_k):
-        return await service.rerank(query=query, documents=docs, top_k=top_k, say=lambda _: None)
+        return await ask(service, query=query, documents=docs, top_k=top_k, say=lambda _: None)
 
     return await asyncio.gather(*(one(*s) for s in specs))
 
 
 def test_concurrent_requests_share_passes_and_match_solo_runs(service, reranker):
     specs = [(QUERIES[i % 4], docs_for(i, 5 + 7 * i), [None, 3, 0][i % 3]) for i in range(8)]
-    passes_before = sum(r.engine.passes for r in service.replicas)
+    passes_before = sum(e.passes for e in service.reranker.engines)
     outputs = asyncio.run(gather_requests(service, specs))
-    passes_run = sum(r.engine.passes for r in service.replicas) - passes_before
+    passes_run = sum(e.passes for e in service.reranker.engines) - passes_before
     for (query, docs, top_k), (result, metrics) in zip(specs, outputs, strict=True):
         assert_same_result(result, reranker.rank(query, docs, top_k=top_k))
         assert metrics.documents == len(docs) and metrics.forward_passes >= 1
     per_request = sum(m.forward_passes for _, m in outputs)
     assert passes_run < per_request  # some passes served several requests at once
-    assert all(r.engine.passes > 0 for r in service.replicas)  # both replicas took work
+    assert all(e.passes > 0 for e in service.reranker.engines)  # both replicas took work
 
 
 def test_metrics_and_usage(service, reranker):
     docs = [*docs_for(99, 12), "word " * 3000]
-    result, metrics = asyncio.run(service.rerank(query="q", documents=docs, say=lambda _: None))
+    result, metrics = asyncio.run(ask(service, query="q", documents=docs, say=lambda _: None))
     want = reranker.rank("q", docs)
     assert metrics.tokens == want.usage.total_tokens == result.usage.total_tokens
     assert metrics.truncated_documents == 0 and metrics.documents == 13
     assert metrics.tokenize_seconds > 0 and metrics.model_seconds > 0
     result, metrics = asyncio.run(
-        service.rerank(query="q", documents=docs, max_length=128, say=lambda _: None)
+        ask(service, query="q", documents=docs, max_length=128, say=lambda _: None)
     )
     assert metrics.truncated_documents == result.usage.truncated_documents == 1
 
@@ -80,7 +88,7 @@ def test_metrics_and_usage(service, reranker):
 def test_progress_lines_for_long_requests(service):
     lines: list[str] = []
     docs = docs_for(5, 60)
-    asyncio.run(service.rerank(query="q", documents=docs, say=lines.append))
+    asyncio.run(ask(service, query="q", documents=docs, say=lines.append))
     assert lines, "a request of many passes logs its progress"
     assert lines[-1].startswith("scored 60/60 documents (")
     assert all("tokens/s" in line for line in lines)
@@ -93,7 +101,8 @@ def test_progress_lines_are_rate_limited(service):
     docs = [f"item {i} " + d for i, d in enumerate(docs_for(9, 60))]
     started = time.perf_counter()
     _, metrics = asyncio.run(
-        service.rerank(
+        ask(
+            service,
             query="q",
             documents=docs,
             batch_size=1,
@@ -101,7 +110,7 @@ def test_progress_lines_are_rate_limited(service):
         )
     )
     elapsed = time.perf_counter() - started
-    interval = service_module.PROGRESS_INTERVAL_S
+    interval = progress_module.LOG_INTERVAL_S
     assert metrics.forward_passes >= 60
     assert stamps[-1][1].startswith("scored 60/60 documents (60 passes")
     assert len(stamps) <= 2 + elapsed / interval, (len(stamps), elapsed)
@@ -120,7 +129,7 @@ def test_the_event_loop_keeps_running_while_the_model_works(service):
                 await asyncio.sleep(0.001)
 
         task = asyncio.create_task(ticker())
-        await service.rerank(query="q", documents=docs_for(6, 80), say=lambda _: None)
+        await ask(service, query="q", documents=docs_for(6, 80), say=lambda _: None)
         task.cancel()
         return ticks
 
@@ -130,7 +139,7 @@ def test_the_event_loop_keeps_running_while_the_model_works(service):
 def test_tokenization_runs_off_the_event_loop(service, monkeypatch):
     """Tokenizing 10k documents takes a while: it must not run on the event loop's thread
     (every other request, health check and cancellation waits on that thread)."""
-    encoder = service.front.encoder
+    encoder = service.reranker.encoder
     seen: list[threading.Thread] = []
     real_encode = encoder.encode
 
@@ -142,7 +151,7 @@ def test_tokenization_runs_off_the_event_loop(service, monkeypatch):
 
     async def main():
         loop_thread = threading.current_thread()
-        await service.rerank(query="q", documents=["a", "b"], say=lambda _: None)
+        await ask(service, query="q", documents=["a", "b"], say=lambda _: None)
         return loop_thread
 
     loop_thread = asyncio.run(main())
@@ -162,12 +171,12 @@ def test_cancelled_request_leaves_the_queue_and_others_finish(service, reranker)
             progress.set()
 
         big_task = asyncio.create_task(
-            service.rerank(query="q", documents=big, batch_size=1, say=on_line)
+            ask(service, query="q", documents=big, batch_size=1, say=on_line)
         )
         await progress.wait()  # the big request is under way
-        passes_at_cancel = sum(r.engine.passes for r in service.replicas)
+        passes_at_cancel = sum(e.passes for e in service.reranker.engines)
         big_task.cancel()
-        small_out = await service.rerank(query="q2", documents=small, say=lambda _: None)
+        small_out = await ask(service, query="q2", documents=small, say=lambda _: None)
         with pytest.raises(asyncio.CancelledError):
             await big_task
         await asyncio.sleep(0.3)  # let any pass already running finish
@@ -175,16 +184,16 @@ def test_cancelled_request_leaves_the_queue_and_others_finish(service, reranker)
 
     (small_result, _), passes_at_cancel = asyncio.run(main())
     assert_same_result(small_result, reranker.rank("q2", small))
-    assert service.scheduler.queued_documents == 0
+    assert service.reranker.scheduler.queued_documents == 0
     # the big request alone needs dozens of passes; after cancelling, only a few more ran
     total_needed = len(big)  # one pass per document
-    assert sum(r.engine.passes for r in service.replicas) - passes_at_cancel < total_needed // 2
+    assert sum(e.passes for e in service.reranker.engines) - passes_at_cancel < total_needed // 2
 
 
 def test_errors_reach_only_their_request(service):
     async def main():
-        bad = service.rerank(query="", documents=["a"], say=lambda _: None)
-        good = service.rerank(query="q", documents=["a", "b"], say=lambda _: None)
+        bad = ask(service, query="", documents=["a"], say=lambda _: None)
+        good = ask(service, query="q", documents=["a", "b"], say=lambda _: None)
         return await asyncio.gather(bad, good, return_exceptions=True)
 
     bad, good = asyncio.run(main())
@@ -251,20 +260,18 @@ def test_a_document_failing_inside_a_shared_pass_fails_only_its_request(broken_m
     else:
         bad_docs = ["a calm lake", "lava " * 400, "a quiet field"]  # 400+ tokens: never fits
         scorer, error = MemoryLimit(broken_model.engine.scorer, limit=300), DocumentTooLargeError
-    engine = Engine(scorer, Settings(max_batch_tokens=100_000))  # one pass takes everything
+    engine = Engine(scorer, max_batch_tokens=100_000)  # one pass takes everything
     scheduler = Scheduler([engine])
     requests = [(q, d) for q, d in GOOD_REQUESTS]
     requests.insert(1, ("what erupted?", bad_docs))
-    encoded = [broken_model.prepare(q, d).encoded for q, d in requests]
+    encoded = [broken_model.prepare(broken_model.request(q, d)).encoded for q, d in requests]
     try:
         results = asyncio.run(in_one_pass(scheduler, encoded))
         assert isinstance(results[1], error), results[1]
         for (query, docs), got in zip(requests[::2], results[::2], strict=True):
             assert not isinstance(got, BaseException), got
             logits, _ = got
-            want = broken_model.engine.score_request(
-                broken_model.prepare(query, docs).encoded, batch_size=256
-            )
+            want, _ = broken_model.logits(broken_model.prepare(broken_model.request(query, docs)))
             assert max(abs(a - b) for a, b in zip(logits, want, strict=True)) <= 1e-5
         # the worker survived and serves the next request
         assert scheduler._threads[0].is_alive()
