@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reranker.cli import read_documents
+from reranker.documents_file import read_documents
 
 QUERY = "capital of France"
 DOCS = ["Paris is the capital of France.", "Bananas.", "Lyon"]
@@ -68,9 +68,9 @@ def test_lines_from_stdin_with_the_console_script(model_dir):
     "args,stdin,message",
     [
         (["--query", "", "--documents", "-"], "a\n", "query must not be empty"),
-        (["--query", "q", "--documents", "-"], "[1, 2]", "documents[0] must be a string"),
-        (["--query", "q", "--documents", "-"], "[not json", "not a valid JSON array"),
-        (["--query", "q", "--documents", "/no/such/file"], None, "No such file"),
+        (["--query", "q", "--documents", "-"], "[1, 2]", "documents[0] is a JSON number"),
+        (["--query", "q", "--documents", "-"], "[not json", "--documents-format lines"),
+        (["--query", "q", "--documents", "/no/such/file"], None, "/no/such/file: no such file"),
         (["--query", "q", "--documents", "-", "--max-length", "99999"], "a", "max_length"),
         (["--query", "q", "--documents", "-", "--max-length", "30"], "a", "max_length=30"),
         (["--query", "q", "--documents", "-", "--device", "tpu"], "a", "device must be"),
@@ -86,5 +86,6 @@ def test_errors_go_to_stderr_with_nonzero_status(model_dir, args, stdin, message
 def test_read_documents():
     assert read_documents('["a", "b"]') == ["a", "b"]
     assert read_documents("a\n\nb\n") == ["a", "b"]
+    assert read_documents("a\r\n\r\nb\r\n") == ["a", "b"]
     with pytest.raises(ValueError, match="JSON"):
         read_documents("[oops")
