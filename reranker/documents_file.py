@@ -89,7 +89,7 @@ def as_documents(value: Any, path: str, *, auto: bool) -> list[str]:
     hint = f"; {LINES_HINT}" if auto else ""
     if isinstance(value, dict):
         if "documents" in value or "input" in value:
-            hint = "; for a saved request body, pass only its documents array" + hint
+            hint = "; for a saved request body, pass only its documents array"
         raise ValueError(f"{label(path)}: {EXPECTED}, got a JSON object{hint}")
     if not isinstance(value, list):
         raise ValueError(f"{label(path)}: {EXPECTED}, got {_json_kind(value)}{hint}")
