@@ -3,40 +3,82 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import logging
+import os
+import re
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, DTYPE_NAMES, Settings
+from .documents_file import FORMATS, load_documents
 from .request import RerankRequest
 
+# Hub ids as huggingface_hub's validate_repo_id (utils/_validators.py) accepts them, but with
+# the namespace required: a bare name that is not a directory is far likelier a mistyped path.
+HUB_ID = re.compile(r"(?!.*(--|\.\.))\w(?:[\w.-]{0,94}\w)?/\w(?:[\w.-]{0,94}\w)?", re.ASCII)
 
-def read_documents(text: str) -> list[str]:
-    """A JSON array of strings, or else one document per non-empty line."""
-    stripped = text.strip()
-    if stripped.startswith("["):
-        try:
-            docs = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"documents: not a valid JSON array ({exc})") from None
-        if not isinstance(docs, list):
-            raise ValueError("documents: the JSON must be an array of strings")
-        return docs
-    return [line for line in text.splitlines() if line.strip()]
+
+def model_argument(model: str) -> str:
+    """``--model`` as the loader should get it: an existing directory (``~`` expanded) or a hub
+    id ``owner/name``; anything else fails here, not with huggingface_hub's repo-id message."""
+    local = os.path.expanduser(model)
+    if os.path.isdir(local):
+        return local
+    if os.path.exists(local):
+        raise ValueError(f"--model: not a directory: {model}")
+    if HUB_ID.fullmatch(model) and not model.endswith(".git"):
+        return model
+    raise ValueError(
+        f"--model: no such directory: {model} (and not a hub id of the form owner/name)"
+    )
+
+
+def write_json(value: object, stream: TextIO) -> None:
+    """Write ``value`` as JSON that ``stream`` can always encode: non-ASCII characters as they
+    are on a UTF-8 stream, as \\uXXXX escapes on any other (e.g. ``PYTHONIOENCODING=ascii``)."""
+    text = json.dumps(value, ensure_ascii=False, indent=2) + "\n"
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        if codecs.lookup(encoding).name != "utf-8":
+            raise UnicodeError(encoding)
+        text.encode("utf-8")  # unpaired surrogates cannot be written as UTF-8
+    except UnicodeError:
+        text = json.dumps(value, ensure_ascii=True, indent=2) + "\n"
+    stream.write(text)
+
+
+def show_progress(quiet: bool, stream: TextIO) -> bool:
+    """A progress bar only for a person watching: stderr is a terminal and --quiet is off."""
+    return not quiet and stream.isatty()
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rerank", description="Rank documents against a query with Qwen3-Reranker."
     )
-    p.add_argument("--model", required=True, help="local model directory or hub id")
+    p.add_argument(
+        "--model", required=True, help="a local model directory, or a hub id of the form owner/name"
+    )
     p.add_argument("--query", required=True)
     p.add_argument(
         "--documents",
         required=True,
         metavar="FILE",
-        help="a JSON array of strings, or one document per line; - reads stdin",
+        help="UTF-8 text, a JSON array of strings or one document per line (see "
+        "--documents-format); - reads stdin; a byte-order mark is ignored",
+    )
+    p.add_argument(
+        "--documents-format",
+        choices=FORMATS,
+        default="auto",
+        help="lines: one document per line; lines end at LF or CRLF only (a form feed, U+2028 "
+        "and the like stay inside a document); whitespace-only lines are skipped. json: a JSON "
+        "array of strings. auto (default): json if the first non-whitespace character is '['; "
+        "otherwise an error if the whole text is some other JSON value (an object, a string, a "
+        "number, true, false, null); otherwise lines",
     )
     p.add_argument("--instruction", default=None, help="default: the model card's instruction")
     p.add_argument("--top-k", type=int, default=0, help="results to print; 0 prints all")
@@ -45,6 +87,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if any)")
     p.add_argument("--dtype", default=None, choices=DTYPE_NAMES)
     p.add_argument("--no-documents", action="store_true", help="omit document text in results")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar (one is drawn on stderr when stderr is a terminal)",
+    )
     return p
 
 
@@ -52,12 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     try:
-        if args.documents == "-":
-            text = sys.stdin.read()
-        else:
-            with open(args.documents, encoding="utf-8") as f:
-                text = f.read()
-        documents = read_documents(text)
+        args.model = model_argument(args.model)
+        documents = load_documents(args.documents, args.documents_format, sys.stdin)
         settings = Settings.from_env()
         # Fail on bad arguments before spending seconds importing torch and loading weights.
         request = RerankRequest.build(
@@ -77,12 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         reranker = Reranker.load(
             args.model, device=args.device, dtype=args.dtype, settings=settings, revision=revision
         )
-        result = reranker.rerank(request)
+        result = reranker.rerank(request, show_progress_bar=show_progress(args.quiet, sys.stderr))
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"rerank: error: {exc}", file=sys.stderr)
         return 1
-    json.dump(result.to_dict(), sys.stdout, ensure_ascii=False, indent=2)
-    sys.stdout.write("\n")
+    write_json(result.to_dict(), sys.stdout)
     return 0
 
 

@@ -259,3 +259,18 @@ def test_default_device_and_dtype(model_dir):
     want = "cuda" if torch.cuda.is_available() else "cpu"
     assert r.device.type == want
     assert r.dtype == (torch.float16 if want == "cuda" else torch.float32)
+
+
+def test_show_progress_bar_draws_on_stderr_and_changes_nothing(reranker, capsys):
+    """Fault seen failing: rerank() ignoring show_progress_bar (no bar)."""
+    docs = DOCS * 3
+    plain = reranker.rank(QUERY, docs)
+    capsys.readouterr()
+    with_bar = reranker.rank(QUERY, docs, show_progress_bar=True)
+    err = capsys.readouterr().err
+    assert with_bar == plain
+    assert f"{len(docs)}/{len(docs)}" in err and "tokens/s" in err, err
+    assert reranker.score(QUERY, docs, show_progress_bar=False) == reranker.score(QUERY, docs)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ValueError, match="^show_progress_bar must be true or false"):
+        reranker.rank(QUERY, docs, show_progress_bar="yes")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reranker.cli import read_documents
+from reranker.documents_file import read_documents
 
 QUERY = "capital of France"
 DOCS = ["Paris is the capital of France.", "Bananas.", "Lyon"]
@@ -68,9 +68,9 @@ def test_lines_from_stdin_with_the_console_script(model_dir):
     "args,stdin,message",
     [
         (["--query", "", "--documents", "-"], "a\n", "query must not be empty"),
-        (["--query", "q", "--documents", "-"], "[1, 2]", "documents[0] must be a string"),
-        (["--query", "q", "--documents", "-"], "[not json", "not a valid JSON array"),
-        (["--query", "q", "--documents", "/no/such/file"], None, "No such file"),
+        (["--query", "q", "--documents", "-"], "[1, 2]", "documents[0] is a JSON number"),
+        (["--query", "q", "--documents", "-"], "[not json", "--documents-format lines"),
+        (["--query", "q", "--documents", "/no/such/file"], None, "/no/such/file: no such file"),
         (["--query", "q", "--documents", "-", "--max-length", "99999"], "a", "max_length"),
         (["--query", "q", "--documents", "-", "--max-length", "30"], "a", "max_length=30"),
         (["--query", "q", "--documents", "-", "--device", "tpu"], "a", "device must be"),
@@ -86,5 +86,62 @@ def test_errors_go_to_stderr_with_nonzero_status(model_dir, args, stdin, message
 def test_read_documents():
     assert read_documents('["a", "b"]') == ["a", "b"]
     assert read_documents("a\n\nb\n") == ["a", "b"]
+    assert read_documents("a\r\n\r\nb\r\n") == ["a", "b"]
     with pytest.raises(ValueError, match="JSON"):
         read_documents("[oops")
+
+
+def run_with_terminal_stderr(args: list[str], stdin: str) -> tuple[int, str, str]:
+    """The CLI with stderr on a pseudo-terminal (as in a shell) and stdout on a pipe."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    import fcntl
+    import struct
+    import termios
+
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reranker", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        text=True,
+    )
+    os.close(follower)
+    out, _ = proc.communicate(stdin, timeout=120)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return proc.returncode, out, b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_progress_bar_on_a_terminal_and_json_alone_on_stdout(model_dir, quiet):
+    """Fault seen failing: show_progress() returning False always (no bar on a terminal) and
+    the bar drawn on stdout (the JSON no longer parses)."""
+    docs = [f"document {i} about {w}" for i, w in enumerate(["tea", "rivers", "cities"] * 20)]
+    args = ["--model", str(model_dir), "--query", QUERY, "--documents", "-", "--device", "cpu"]
+    code, out, err = run_with_terminal_stderr(args + ["--quiet"] * quiet, "\n".join(docs))
+    assert code == 0, err
+    assert len(json.loads(out)["results"]) == 60  # stdout holds the JSON and nothing else
+    if quiet:
+        assert "tokens/s" not in err
+    else:
+        assert "60/60" in err and "tokens/s" in err, err
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(model_dir):
+    proc = run(
+        ["--model", str(model_dir), "--query", QUERY, "--documents", "-", "--device", "cpu"],
+        stdin="\n".join(DOCS),
+    )
+    assert proc.returncode == 0 and "tokens/s" not in proc.stderr, proc.stderr
