@@ -272,5 +272,5 @@ def test_show_progress_bar_draws_on_stderr_and_changes_nothing(reranker, capsys)
     assert f"{len(docs)}/{len(docs)}" in err and "tokens/s" in err, err
     assert reranker.score(QUERY, docs, show_progress_bar=False) == reranker.score(QUERY, docs)
     assert capsys.readouterr().err == ""
-    with pytest.raises(ValueError, match="^show_progress_bar must be true or false"):
+    with pytest.raises(ValueError, match=r"^show_progress_bar must be true or false"):
         reranker.rank(QUERY, docs, show_progress_bar="yes")
