@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, Limits, Settings
@@ -22,9 +23,9 @@ from .placement import Placement, resolve_placement
 from .progress import ProgressBar
 from .request import PreparedRequest, RerankRequest, prepare
 from .scheduler import OnCancel, OnProgress, RequestStats, Scheduler
-from .scoring import RerankResult
+from .scoring import RerankResult, sigmoid
 from .tokenization import PromptEncoder
-from .validation import check_bool
+from .validation import check_bool, check_pairs
 
 __all__ = ["ModelLoadError", "Reranker"]
 
@@ -202,3 +203,55 @@ class Reranker:
             return_documents=return_documents,
         )
         return self.rerank(request, show_progress_bar=show_progress_bar)
+
+    def predict(
+        self,
+        pairs: Sequence[Sequence[str]],
+        *,
+        instruction: str | None = None,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        show_progress_bar: bool = False,
+        convert_to_numpy: bool = True,
+    ) -> np.ndarray | list[float]:
+        """P(yes) for each ``(query, document)`` pair, in input order.
+
+        The shape of sentence-transformers' ``CrossEncoder.predict``, so evaluation loops
+        (MTEB, BEIR scripts) and adapters (LangChain's ``BaseCrossEncoder.score``) work as
+        they are. Pairs are grouped by query, one request per query, so each query's prompt
+        prefix is still computed once; all groups run in one go and share passes.
+        """
+        check_bool("show_progress_bar", show_progress_bar)
+        check_bool("convert_to_numpy", convert_to_numpy)
+        checked = check_pairs(pairs)
+        groups: dict[str, list[int]] = {}
+        for i, (query, _) in enumerate(checked):
+            groups.setdefault(query, []).append(i)
+        prepared = []
+        for query, members in groups.items():
+            try:
+                request = self.request(
+                    query,
+                    [checked[i][1] for i in members],
+                    instruction=instruction,
+                    max_length=max_length,
+                    batch_size=batch_size,
+                )
+                prepared.append(self.prepare(request))
+            except ValueError as exc:  # name the pairs, not a request the caller never made
+                raise ValueError(
+                    f"pairs[{members[0]}] and the pairs sharing its query: {exc}"
+                ) from None
+        bar = ProgressBar(len(checked)) if show_progress_bar else None
+        try:
+            results = self.scheduler.logits_sync_many(
+                [p.encoded for p in prepared], batch_size=batch_size, on_progress=bar
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        scores = [0.0] * len(checked)
+        for p, members, (unique, _) in zip(prepared, groups.values(), results, strict=True):
+            for i, logit in zip(members, p.expand(unique), strict=True):
+                scores[i] = sigmoid(logit)
+        return np.asarray(scores, dtype=np.float64) if convert_to_numpy else scores

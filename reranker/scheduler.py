@@ -121,9 +121,13 @@ class Scheduler:
         req = self._submit(encoded, batch_size, post)
         try:
             while True:
-                done = self._handle(req, await events.get(), on_progress)
-                if done is not None:
-                    return done, req.stats
+                kind, payload = await events.get()
+                if kind == "error":
+                    raise payload
+                if on_progress is not None:
+                    on_progress(*_progress([req]))
+                if kind == "done":
+                    return list(req.logits), req.stats  # type: ignore[arg-type]
         except asyncio.CancelledError:
             dropped = self.cancel(req)
             if on_cancel is not None:
@@ -140,22 +144,41 @@ class Scheduler:
         batch_size: int,
         on_progress: OnProgress | None = None,
     ) -> tuple[list[float], RequestStats]:
-        """:meth:`logits` for a blocking caller; ``on_progress`` runs in the caller's thread.
+        """:meth:`logits` for a blocking caller; ``on_progress`` runs in the caller's thread."""
+        (result,) = self.logits_sync_many([encoded], batch_size=batch_size, on_progress=on_progress)
+        return result
+
+    def logits_sync_many(
+        self,
+        encoded: Sequence[EncodedRequest],
+        *,
+        batch_size: int,
+        on_progress: OnProgress | None = None,
+    ) -> list[tuple[list[float], RequestStats]]:
+        """Several requests at once, sharing passes; progress is counted over all of them.
 
         With no worker threads running, the caller runs passes itself on the first replica
         (taking other waiting requests' documents into them, as a worker would).
         """
         events: queue.SimpleQueue = queue.SimpleQueue()
-        req = self._submit(encoded, batch_size, events.put)
+        reqs: list[_Request] = []
         try:
-            while True:
+            for e in encoded:
+                reqs.append(self._submit(e, batch_size, events.put))
+            unfinished = len(reqs)
+            while unfinished:
                 while events.empty() and not self._threads:
-                    self._step(0)  # each pass this request is waiting on posts an event
-                done = self._handle(req, events.get(), on_progress)
-                if done is not None:
-                    return done, req.stats
+                    self._step(0)  # each pass a request is waiting on posts an event
+                kind, payload = events.get()
+                if kind == "error":
+                    raise payload
+                unfinished -= kind == "done"
+                if on_progress is not None:
+                    on_progress(*_progress(reqs))
+            return [(list(r.logits), r.stats) for r in reqs]  # type: ignore[misc]
         except BaseException:
-            self.cancel(req)
+            for r in reqs:
+                self.cancel(r)
             raise
 
     def cancel(self, req: _Request) -> int:
@@ -199,17 +222,6 @@ class Scheduler:
             self._waiting.append(req)
             self._cond.notify_all()
         return req
-
-    @staticmethod
-    def _handle(req: _Request, event: tuple, on_progress: OnProgress | None) -> list | None:
-        """One event for the waiting caller: the logits when done, None to keep waiting."""
-        kind, payload = event
-        if kind == "error":
-            raise payload
-        n = len(req.logits)
-        if on_progress is not None:
-            on_progress(n - req.remaining, n, req.stats)
-        return list(req.logits) if kind == "done" else None
 
     # -- passes (worker threads, or a blocking caller) --------------------------------------
 
@@ -323,6 +335,19 @@ class Scheduler:
                 r.post(("done", None))
             else:
                 r.post(("progress", None))
+
+
+def _progress(reqs: Sequence[_Request]) -> tuple[int, int, RequestStats]:
+    """(documents done, documents, stats) over ``reqs``: the arguments of ``on_progress``."""
+    total = sum(len(r.logits) for r in reqs)
+    done = total - sum(r.remaining for r in reqs)
+    if len(reqs) == 1:
+        return done, total, reqs[0].stats
+    stats = RequestStats()
+    for r in reqs:
+        for name, value in vars(r.stats).items():
+            setattr(stats, name, getattr(stats, name) + value)
+    return done, total, stats
 
 
 def non_finite_error(engine: Engine) -> NonFiniteError:

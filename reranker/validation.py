@@ -60,6 +60,25 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
+def check_pairs(pairs: Any) -> list[tuple[str, str]]:
+    """``(query, document)`` pairs as a list of tuples (lists of two strings are fine too)."""
+    if isinstance(pairs, str | bytes) or not isinstance(pairs, Sequence):
+        raise ValueError(f"pairs must be a list of (query, document) pairs, got {_kind(pairs)}")
+    if len(pairs) == 0:
+        raise ValueError("pairs must not be empty")
+    out = []
+    for i, pair in enumerate(pairs):
+        if (
+            isinstance(pair, str | bytes)
+            or not isinstance(pair, Sequence)
+            or len(pair) != 2
+            or not all(isinstance(x, str) for x in pair)
+        ):
+            raise ValueError(f"pairs[{i}] must be a (query, document) pair of strings")
+        out.append((pair[0], pair[1]))
+    return out
+
+
 def check_documents(documents: Any, limits: Limits) -> list[str]:
     if documents is None:
         raise ValueError("documents is required")
