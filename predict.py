@@ -53,6 +53,16 @@ class Predictor(BasePredictor):
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
         self.service = RerankService.start(Settings.from_env())
 
+    def healthcheck(self) -> bool:
+        """False after a GPU error that left CUDA unusable: /health-check reports UNHEALTHY.
+
+        coglet calls this on every GET /health-check once setup is done, sync in a thread with
+        a 5 s timeout (crates/coglet-python/src/predictor.rs, ``healthcheck_sync``); anything
+        but False counts as healthy there, so this returns a real bool. It only reads a flag:
+        no CUDA call that could queue behind a running pass and time out.
+        """
+        return bool(self.service.healthy())
+
     @concurrent(max=16)
     async def predict(
         self,

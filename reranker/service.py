@@ -16,6 +16,7 @@ import torch
 
 from .api import Reranker
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, Settings, SettingsError
+from .faults import DeviceFailedError, fatal_device_error
 from .scheduler import RequestStats, Scheduler
 from .scoring import RerankResult
 from .validation import check_bool
@@ -65,6 +66,8 @@ def replica_devices(settings: Settings) -> list[str]:
 class RerankService:
     """Replicas of the model behind one scheduler; ``rerank`` is one request."""
 
+    device_failure: str | None = None  # the message of the first fatal GPU error, if any
+
     def __init__(self, replicas: Sequence[Reranker], source: str = "") -> None:
         self.replicas = list(replicas)
         self.front = self.replicas[0]  # validates and tokenizes (same tokenizer everywhere)
@@ -97,6 +100,7 @@ class RerankService:
         return_documents: bool = True,
         say: Callable[[str], None] = print,
     ) -> tuple[RerankResult, Metrics]:
+        self._refuse_if_device_failed()
         check_bool("return_documents", return_documents)
         started = time.perf_counter()
         # Tokenizing 10k documents takes a while: keep the event loop answering meanwhile.
@@ -115,12 +119,16 @@ class RerankService:
         def cancelled(dropped: int, unique: int) -> None:
             say(f"cancelled: {dropped} of {unique} distinct documents left the queue unscored")
 
-        logits, stats = await self.scheduler.logits(
-            prepared.encoded,
-            batch_size=prepared.batch_size,
-            on_progress=progress,
-            on_cancel=cancelled,
-        )
+        try:
+            logits, stats = await self.scheduler.logits(
+                prepared.encoded,
+                batch_size=prepared.batch_size,
+                on_progress=progress,
+                on_cancel=cancelled,
+            )
+        except Exception as exc:
+            self._note_device_failure(exc)
+            raise
         result = Reranker.result(prepared, prepared.expand(logits), top_k, return_documents)
         metrics = Metrics(
             documents=len(prepared.documents),
@@ -132,6 +140,29 @@ class RerankService:
             model_seconds=round(stats.model_seconds, 6),
         )
         return result, metrics
+
+    def healthy(self) -> bool:
+        """False once a GPU error has left the CUDA context unusable (``faults``): every later
+        request would fail, so the instance must say so to be replaced."""
+        return self.device_failure is None
+
+    def _refuse_if_device_failed(self) -> None:
+        """Fail fast instead of running a request on a dead CUDA context."""
+        if self.device_failure is not None:
+            raise DeviceFailedError(self.device_failure)
+
+    def _note_device_failure(self, exc: Exception) -> None:
+        """Remember the first fatal GPU error and raise it as one clear line; else return."""
+        reason = fatal_device_error(exc)
+        if reason is None:
+            return
+        if self.device_failure is None:
+            self.device_failure = (
+                f"the GPU failed ({reason}); this instance now reports itself unhealthy, "
+                "retry the request"
+            )
+            log.error("GPU failure, reporting unhealthy from now on: %s", exc)
+        raise DeviceFailedError(self.device_failure) from exc
 
 
 @dataclass
