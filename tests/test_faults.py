@@ -52,6 +52,10 @@ FATAL = {
         accelerator_error("CUDA error: unspecified launch failure\n", 719),
         "CUDA error: unspecified launch failure",
     ),
+    "message stripped at build (STRIP_ERROR_MESSAGES)": (
+        accelerator_error("", 999),
+        "accelerator error 999",
+    ),
     "older torch: RuntimeError": (
         RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel ..."),
         "CUDA error: an illegal memory access was encountered",
