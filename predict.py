@@ -56,10 +56,10 @@ class Predictor(BasePredictor):
     def healthcheck(self) -> bool:
         """False after a GPU error that left CUDA unusable: /health-check reports UNHEALTHY.
 
-        coglet calls this on every GET /health-check once setup is done, sync in a thread with
-        a 5 s timeout (crates/coglet-python/src/predictor.rs, ``healthcheck_sync``); anything
-        but False counts as healthy there, so this returns a real bool. It only reads a flag:
-        no CUDA call that could queue behind a running pass and time out.
+        coglet runs it on each GET /health-check once setup is done, also while predictions run
+        (crates/coglet/src/transport/http/routes.rs, ``health_check``), in a thread with a 5 s
+        timeout (crates/coglet-python/src/predictor.rs, ``healthcheck_sync``), where a non-bool
+        counts as healthy. It only reads a flag: no CUDA call that could wait behind a pass.
         """
         return bool(self.service.healthy())
 
