@@ -56,6 +56,16 @@ class Predictor(BasePredictor):
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
         self.service = RerankService.start(Settings.from_env())
 
+    def healthcheck(self) -> bool:
+        """False after a GPU error that left CUDA unusable: /health-check reports UNHEALTHY.
+
+        coglet runs it on each GET /health-check once setup is done, also while predictions run
+        (crates/coglet/src/transport/http/routes.rs, ``health_check``), in a thread with a 5 s
+        timeout (crates/coglet-python/src/predictor.rs, ``healthcheck_sync``), where a non-bool
+        counts as healthy. It only reads a flag: no CUDA call that could wait behind a pass.
+        """
+        return bool(self.service.healthy())
+
     @concurrent(max=16)
     async def predict(
         self,

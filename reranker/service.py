@@ -8,6 +8,7 @@ that everything here can be driven (and tested) without a Cog server. The servic
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,12 +16,15 @@ from dataclasses import dataclass
 from .api import Reranker
 from .config import Limits, Settings, SettingsError, env_name
 from .engine import BudgetTooLargeError
+from .faults import DeviceFailedError, fatal_device_error
 from .model import NonFiniteError
 from .placement import resolve_placement
 from .progress import ProgressLog
 from .request import RerankRequest
 from .scoring import RerankResult
 from .weights import resolve_weights
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class Metrics:
 
 class RerankService:
     """Replicas of the model behind one scheduler; ``rerank`` is one request."""
+
+    device_failure: str | None = None  # the message of the first fatal GPU error, if any
 
     def __init__(self, reranker: Reranker) -> None:
         self.reranker = reranker
@@ -78,6 +84,7 @@ class RerankService:
     async def rerank(
         self, request: RerankRequest, *, say: Callable[[str], None] = print
     ) -> tuple[RerankResult, Metrics]:
+        self._refuse_if_device_failed()
         started = time.perf_counter()
         # Tokenizing 10k documents takes a while: keep the event loop answering meanwhile.
         prepared = await asyncio.to_thread(self.reranker.prepare, request)
@@ -92,6 +99,9 @@ class RerankService:
             )
         except NonFiniteError as exc:
             raise NonFiniteError(f"{exc} (set {env_name('dtype')})") from None
+        except Exception as exc:
+            self._note_device_failure(exc)
+            raise
         result = RerankResult.build(prepared, logits)
         metrics = Metrics(
             documents=len(request.documents),
@@ -103,3 +113,26 @@ class RerankService:
             model_seconds=round(stats.model_seconds, 6),
         )
         return result, metrics
+
+    def healthy(self) -> bool:
+        """False once a GPU error has left the CUDA context unusable (``faults``): every later
+        request would fail, so the instance must say so to be replaced."""
+        return self.device_failure is None
+
+    def _refuse_if_device_failed(self) -> None:
+        """Fail fast instead of running a request on a dead CUDA context."""
+        if self.device_failure is not None:
+            raise DeviceFailedError(self.device_failure)
+
+    def _note_device_failure(self, exc: Exception) -> None:
+        """Remember the first fatal GPU error and raise it as one clear line; else return."""
+        reason = fatal_device_error(exc)
+        if reason is None:
+            return
+        if self.device_failure is None:
+            self.device_failure = (
+                f"the GPU failed ({reason}); this instance now reports itself unhealthy, "
+                "retry the request"
+            )
+            log.error("GPU failure, reporting unhealthy from now on: %s", exc)
+        raise DeviceFailedError(self.device_failure) from exc

@@ -274,3 +274,21 @@ def test_show_progress_bar_draws_on_stderr_and_changes_nothing(reranker, capsys)
     assert capsys.readouterr().err == ""
     with pytest.raises(ValueError, match=r"^show_progress_bar must be true or false"):
         reranker.rank(QUERY, docs, show_progress_bar="yes")
+
+
+def test_each_result_says_its_tokens_and_whether_it_was_truncated(reranker, recipe):
+    """`tokens` is the length of the recipe's own prompt for that document (counted by the
+    model card's tokenizer call, tests/reference.py), `truncated` whether max_length cut it.
+    Fault seen failing: tokens without the shared prefix (document ids only)."""
+    from reference import format_instruction
+
+    docs = ["short one", "word " * 300, "", "short one", "another short document"]
+    result = reranker.rank(QUERY, docs, max_length=120, top_k=0)
+    ids = recipe.input_ids([format_instruction(None, QUERY, d) for d in docs], max_length=120)
+    by_index = {r.index: r for r in result.results}
+    assert [by_index[i].tokens for i in range(len(docs))] == [len(x) for x in ids]
+    assert [by_index[i].truncated for i in range(len(docs))] == [False, True, False, False, False]
+    assert sum(r.tokens for r in result.results) == result.usage.total_tokens
+    assert result.usage.truncated_documents == 1
+    top = reranker.rank(QUERY, docs, max_length=120, top_k=2)
+    assert top.usage == result.usage  # usage counts every document, returned or not

@@ -48,6 +48,8 @@ def test_json_file(tmp_path, model_dir, reranker):
     assert [r["index"] for r in out["results"]] == [r["index"] for r in want["results"]]
     assert out["usage"] == want["usage"] and out["total_documents"] == 3
     assert abs(out["results"][0]["score"] - want["results"][0]["score"]) < 1e-6
+    facts = [(r["index"], r["tokens"], r["truncated"]) for r in out["results"]]
+    assert facts == [(r["index"], r["tokens"], r["truncated"]) for r in want["results"]]
 
 
 def test_lines_from_stdin_with_the_console_script(model_dir):

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from reference import Recipe
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()

@@ -40,6 +40,17 @@ def test_good_request_matches_the_library(server, reranker):
     assert metrics["documents"] == 4 and metrics["tokens"] == want["usage"]["total_tokens"]
 
 
+def test_per_document_tokens_and_truncation(server, reranker):
+    docs = ["Paris is the capital of France.", "Paris " * 400, "Lyon"]
+    status, body = server.predict({"query": QUERY, "documents": docs, "max_length": 100})
+    assert status == 200 and body["status"] == "succeeded", body
+    want = reranker.rank(QUERY, docs, max_length=100, top_k=5).to_dict()
+    got = [(r["index"], r["tokens"], r["truncated"]) for r in body["output"]["results"]]
+    assert got == [(r["index"], r["tokens"], r["truncated"]) for r in want["results"]]
+    assert [t for i, _, t in sorted(got)] == [False, True, False]
+    assert body["output"]["usage"]["truncated_documents"] == 1
+
+
 def test_the_readme_curl_example_works(server):
     from test_readme import local_curl_input
 
