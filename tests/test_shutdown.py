@@ -126,7 +126,11 @@ def server(model_dir):
 @pytest.mark.parametrize("target", ["server", "group"])
 def test_sigterm_drains_a_running_request(server, target):
     """SIGTERM to the server (as tini sends it) or to its whole group: the running request is
-    answered in full, new connections are refused meanwhile, then every process exits."""
+    answered in full, new connections are refused meanwhile, then every process exits.
+
+    Faults seen failing: no SIG_IGN in predict.py setup() (group: "Worker crashed"); a
+    non-daemon thread started in setup() (both: the worker is left for coglet's 10 s SIGKILL).
+    """
     result: dict = {}
 
     def client() -> None:
@@ -168,7 +172,10 @@ class _Webhooks(BaseHTTPRequestHandler):
 
 def test_sigterm_drops_a_running_async_prediction_and_exits(server):
     """An async prediction is not drained: the server exits at once, the worker with it, and
-    the prediction never reports success (coglet sends no final webhook)."""
+    the prediction never reports success (coglet sends no final webhook).
+
+    Fault seen failing: a non-daemon thread started in setup() (worker left for the SIGKILL).
+    """
     hooks = ThreadingHTTPServer(("127.0.0.1", 0), _Webhooks)
     _Webhooks.statuses = []
     threading.Thread(target=hooks.serve_forever, daemon=True).start()
@@ -194,7 +201,10 @@ def test_sigterm_drops_a_running_async_prediction_and_exits(server):
 
 def test_setup_outside_cog_leaves_sigterm_alone(model_dir, monkeypatch):
     """The worker's SIGTERM ignore is for Cog's worker only: a test runner or script that calls
-    setup() directly must stay killable by SIGTERM."""
+    setup() directly must stay killable by SIGTERM.
+
+    Fault seen failing: the ``coglet.server.active`` condition removed (SIG_IGN here too).
+    """
     import predict
 
     monkeypatch.setenv("RERANKER_MODEL", str(model_dir))
