@@ -8,8 +8,10 @@ are defined here. ``tests/test_static_checks.py`` checks these against Cog's par
 """
 
 import logging
+import signal
 import sys
 
+import coglet
 from cog import BasePredictor, Input, concurrent, current_scope
 from pydantic import BaseModel
 
@@ -55,6 +57,15 @@ class Predictor(BasePredictor):
     def setup(self) -> None:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
         self.service = RerankService.start(Settings.from_env())
+        # SIGTERM drains: the server (coglet) stops accepting connections, answers the requests
+        # already running, then tells this worker to exit (crates/coglet/src/transport/http/
+        # server.rs, serve). A SIGTERM sent to the whole process group (kill -- -PGID) would
+        # otherwise kill this worker mid-request ("Worker crashed"); ignoring it here makes both
+        # paths drain, as coglet's own --await-explicit-shutdown does (its SIG_IGN is
+        # inherited). Set after loading so that a SIGTERM during setup still stops the load, and
+        # only in Cog's worker process (coglet.server.active), never in a test runner.
+        if coglet.server.active:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def healthcheck(self) -> bool:
         """False after a GPU error that left CUDA unusable: /health-check reports UNHEALTHY.
