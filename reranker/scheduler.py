@@ -193,10 +193,15 @@ class Scheduler:
             return dropped
 
     def close(self) -> None:
-        """Stop the worker threads after their current pass (requests still queued wait)."""
+        """Stop the worker threads after their current pass; requests with documents still
+        queued fail with a clear error rather than wait for passes that will never run."""
         with self._cond:
             self._closed = True
+            waiting = list(self._waiting)
             self._cond.notify_all()
+        for req in waiting:
+            self.cancel(req)
+            req.post(("error", RuntimeError("the reranker is shut down")))
 
     @property
     def queued_documents(self) -> int:

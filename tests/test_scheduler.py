@@ -279,3 +279,23 @@ def test_a_document_failing_inside_a_shared_pass_fails_only_its_request(broken_m
         assert max(abs(a - b) for a, b in zip(again, results[0][0], strict=True)) <= 1e-5
     finally:
         scheduler.close()
+
+
+def test_close_fails_the_requests_still_queued(reranker):
+    """Fault seen failing: close() that only stops the workers (the caller waits forever;
+    here the wait_for bound turns that into a TimeoutError)."""
+    scheduler = Scheduler(reranker.engines)
+    encoded = reranker.prepare(reranker.request("q", docs_for(3, 40))).encoded
+
+    async def main():
+        with scheduler._cond:  # the worker cannot take the request before close()
+            task = asyncio.create_task(scheduler.logits(encoded, batch_size=1))
+            while not scheduler._waiting:
+                await asyncio.sleep(0)
+            scheduler.close()
+        return await asyncio.wait_for(task, timeout=30)
+
+    with pytest.raises(RuntimeError, match=r"^the reranker is shut down$"):
+        asyncio.run(main())
+    with pytest.raises(RuntimeError, match=r"^the reranker is shut down$"):
+        scheduler.logits_sync(encoded, batch_size=1)  # and nothing new is accepted
