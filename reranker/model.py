@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import Backend, SdpaAttention, select_backend
+from .layers import Linear, prepare_layers
 from .packing import PackedBatch
 
 log = logging.getLogger(__name__)
@@ -52,30 +53,6 @@ class ContextKV:
     @property
     def num_tokens(self) -> int:
         return int(self.k.shape[1])
-
-
-def _layer_weights(layer) -> tuple[tuple, tuple]:
-    a, m = layer.self_attn, layer.mlp
-    pre = (
-        layer.input_layernorm.weight,
-        a.q_proj.weight,
-        a.q_proj.bias,
-        a.k_proj.weight,
-        a.k_proj.bias,
-        a.v_proj.weight,
-        a.v_proj.bias,
-        a.q_norm.weight,
-        a.k_norm.weight,
-    )
-    post = (
-        a.o_proj.weight,
-        a.o_proj.bias,
-        layer.post_attention_layernorm.weight,
-        m.gate_proj.weight,
-        m.up_proj.weight,
-        m.down_proj.weight,
-    )
-    return pre, post
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -125,7 +102,7 @@ class QwenScorer:
             raise UnsupportedModelError("the yes/no token ids are outside the model's vocabulary")
         self.head = (vocab[yes_id].detach().float() - vocab[no_id].detach().float()).contiguous()
         self.norm_eps = float(config.rms_norm_eps)
-        self.layer_weights = [_layer_weights(layer) for layer in self.layers]
+        self.layer_weights = prepare_layers(self.layers)  # fused q/k/v and gate/up
         if numerics == "auto":  # float16 lacks the residual stream's range (module docstring)
             numerics = FLOAT32_RESIDUAL.name if self.dtype == torch.float16 else NATIVE.name
         if numerics not in NUMERICS:
@@ -285,7 +262,8 @@ class Numerics:
     residual: torch.dtype | None  # None: the weights' dtype
     gemm: str  # native | wide | float32
 
-    def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, lin: Linear) -> torch.Tensor:
+        w, b = lin
         if self.gemm == "native":
             return F.linear(x, w, b)
         if self.gemm == "float32":
@@ -351,19 +329,24 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * _normalized(x, eps).to(x.dtype)
 
 
-def attention_inputs(h, ln, wq, bq, wk, bk, wv, bv, qn, kn, cos, sin, eps: float, nx: Numerics):
-    """input norm -> q, k, v projections -> per-head q/k norms -> rotary: (T, heads, dim)."""
+def attention_inputs(h, ln, qkv, qn, kn, sizes, cos, sin, eps: float, nx: Numerics):
+    """input norm -> fused q/k/v projection -> per-head q/k norms -> rotary: (T, heads, dim).
+
+    ``qkv`` holds the three weights stacked along N, ``sizes`` their output widths."""
     t, dim = h.shape[0], qn.shape[0]
     x = nx.norm(h, ln, eps)
-    q = nx.norm(nx.linear(x, wq, bq).view(t, -1, dim), qn, eps)
-    k = nx.norm(nx.linear(x, wk, bk).view(t, -1, dim), kn, eps)
-    v = nx.linear(x, wv, bv).view(t, -1, dim)
+    q, k, v = nx.linear(x, qkv).split(sizes, dim=-1)
+    q = nx.norm(q.reshape(t, -1, dim), qn, eps)
+    k = nx.norm(k.reshape(t, -1, dim), kn, eps)
+    v = v.reshape(t, -1, dim)
     q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-    return tuple(nx.attention_input(y, wq.dtype) for y in (q, k, v))
+    # v is a column slice of the fused output: contiguous for the attention kernels
+    return tuple(nx.attention_input(y, ln.dtype).contiguous() for y in (q, k, v))
 
 
-def attention_output_and_mlp(h, o, wo, bo, ln, wg, wu, wd, eps: float, nx: Numerics):
-    """output projection + residual -> post-attention norm -> SiLU-gated MLP + residual."""
-    h = h + nx.linear(o.flatten(1), wo, bo)
-    x = nx.norm(h, ln, eps)
-    return h + nx.linear(F.silu(nx.linear(x, wg, None)) * nx.linear(x, wu, None), wd, None)
+def attention_output_and_mlp(h, o, wo, ln, gate_up, down, eps: float, nx: Numerics):
+    """output projection + residual -> post-attention norm -> fused gate/up -> SiLU-gated MLP
+    + residual."""
+    h = h + nx.linear(o.flatten(1), wo)
+    gate, up = nx.linear(nx.norm(h, ln, eps), gate_up).chunk(2, dim=-1)
+    return h + nx.linear(F.silu(gate) * up, down)
