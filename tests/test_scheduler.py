@@ -299,3 +299,20 @@ def test_close_fails_the_requests_still_queued(reranker):
         asyncio.run(main())
     with pytest.raises(RuntimeError, match=r"^the reranker is shut down$"):
         scheduler.logits_sync(encoded, batch_size=1)  # and nothing new is accepted
+
+
+def test_an_interrupted_blocking_caller_leaves_nothing_queued(reranker):
+    """Ctrl-C in the library (here: raised from the progress callback after the first pass)
+    drops the request's remaining documents; the next call runs normally.
+    Fault seen failing: logits_sync_many without its cancel-on-BaseException."""
+    scheduler = Scheduler(reranker.engines)
+    encoded = reranker.prepare(reranker.request("q", docs_for(4, 30))).encoded
+
+    def interrupt(done, total, stats):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        scheduler.logits_sync(encoded, batch_size=1, on_progress=interrupt)
+    assert scheduler.queued_documents == 0
+    logits, stats = scheduler.logits_sync(encoded, batch_size=4)
+    assert stats.documents == len(logits) == 30
