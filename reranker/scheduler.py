@@ -125,7 +125,7 @@ class Scheduler:
                 if kind == "error":
                     raise payload
                 if on_progress is not None:
-                    on_progress(*_progress([req]))
+                    on_progress(*_progress([req], [payload]))
                 if kind == "done":
                     return list(req.logits), req.stats  # type: ignore[arg-type]
         except asyncio.CancelledError:
@@ -163,18 +163,20 @@ class Scheduler:
         events: queue.SimpleQueue = queue.SimpleQueue()
         reqs: list[_Request] = []
         try:
-            for e in encoded:
-                reqs.append(self._submit(e, batch_size, events.put))
+            for i, e in enumerate(encoded):
+                reqs.append(self._submit(e, batch_size, lambda ev, i=i: events.put((i, ev))))
+            done = [0] * len(reqs)  # per request, as of the last event handled
             unfinished = len(reqs)
             while unfinished:
                 while events.empty() and not self._threads:
                     self._step(0)  # each pass a request is waiting on posts an event
-                kind, payload = events.get()
+                i, (kind, payload) = events.get()
                 if kind == "error":
                     raise payload
                 unfinished -= kind == "done"
+                done[i] = payload
                 if on_progress is not None:
-                    on_progress(*_progress(reqs))
+                    on_progress(*_progress(reqs, done))
             return [(list(r.logits), r.stats) for r in reqs]  # type: ignore[misc]
         except BaseException:
             for r in reqs:
@@ -337,22 +339,23 @@ class Scheduler:
                 r.post(("error", non_finite_error(engine)))
             elif r.remaining == 0:
                 r.contexts.clear()
-                r.post(("done", None))
+                r.post(("done", len(r.logits)))
             else:
-                r.post(("progress", None))
+                r.post(("progress", len(r.logits) - r.remaining))
 
 
-def _progress(reqs: Sequence[_Request]) -> tuple[int, int, RequestStats]:
-    """(documents done, documents, stats) over ``reqs``: the arguments of ``on_progress``."""
+def _progress(reqs: Sequence[_Request], done: Sequence[int]) -> tuple[int, int, RequestStats]:
+    """The arguments of ``on_progress`` over ``reqs``. ``done`` is counted when each event was
+    posted, not when it is handled: the workers run ahead of the caller, and a count read at
+    handling time would show the last pass's total on an earlier pass's event."""
     total = sum(len(r.logits) for r in reqs)
-    done = total - sum(r.remaining for r in reqs)
     if len(reqs) == 1:
-        return done, total, reqs[0].stats
+        return done[0], total, reqs[0].stats
     stats = RequestStats()
     for r in reqs:
         for name, value in vars(r.stats).items():
             setattr(stats, name, getattr(stats, name) + value)
-    return done, total, stats
+    return sum(done), total, stats
 
 
 def non_finite_error(engine: Engine) -> NonFiniteError:

@@ -316,3 +316,20 @@ def test_an_interrupted_blocking_caller_leaves_nothing_queued(reranker):
     assert scheduler.queued_documents == 0
     logits, stats = scheduler.logits_sync(encoded, batch_size=4)
     assert stats.documents == len(logits) == 30
+
+
+def test_the_final_progress_line_is_shown_once_when_the_loop_lags(service):
+    """The event loop falls behind the worker (its first progress line blocks it for 3 s,
+    while the remaining passes finish): the events handled later still report the count
+    of their own pass. Fault seen failing: counting done documents when an event is handled
+    (two "scored 60/60" lines)."""
+    lines: list[str] = []
+
+    def slow_say(line: str) -> None:
+        if not lines:
+            time.sleep(3)
+        lines.append(line)
+
+    docs = [f"lagging {i} " + d for i, d in enumerate(docs_for(10, 60))]
+    asyncio.run(ask(service, query="q", documents=docs, batch_size=1, say=slow_say))
+    assert sum(line.startswith("scored 60/60 ") for line in lines) == 1, lines
