@@ -21,7 +21,8 @@ found through /proc): RSS, open file descriptors, threads, and the health-check 
 the end the server must go back to READY (cancelled and dropped requests free their slots) and
 answer a solo request. Writes ``<out>.txt`` (summary) and ``<out>.json`` (all samples and
 failures) with the command that produced them. Exit status 1 if any valid answer differed
-from solo, any hostile request got an unclear answer, a request hung, or the server died.
+from solo, any hostile request got an unclear answer, a request hung, a slot stayed held,
+health was ever other than READY/BUSY, or the server (or its worker) died.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +110,9 @@ def valid_spec(rng: random.Random, i: int) -> dict:
     if n > 2 and rng.random() < 0.2:
         docs[-1] = docs[0]  # duplicates are scored once and reported twice
     spec: dict = {"query": f"{i}: {text(rng, rng.randint(1, 12))}?", "documents": docs}
+    # None is an explicit JSON null. Without the schema `cog build` writes, coglet hands it to
+    # predict() as is, which treats it as the library does (top_k: all, instruction: the
+    # default); a built image rejects it before predict() (shared/notes/cog.md).
     for key, choices in {
         "top_k": [0, 1, 3, 5, n, n + 7, None],
         "return_documents": [True, False],
@@ -248,6 +253,8 @@ def process_stats(pid: int) -> dict | None:
     except OSError:
         return None
     values = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    if "VmRSS" not in values:  # a zombie: exited, not yet reaped
+        return None
     return {
         "rss_mb": int(values["VmRSS"].split()[0]) / 1024,
         "threads": int(values["Threads"]),
@@ -264,6 +271,8 @@ class Sampler(threading.Thread):
         self.samples: list[dict] = []
         self.t0 = time.monotonic()
         self.halt = threading.Event()
+        self.dead = threading.Event()  # the server or its worker exited
+        self.processes = 0  # how many live processes a healthy server has (set at the start)
 
     def sample(self) -> dict:
         per_pid = {pid: process_stats(pid) for pid in process_tree(self.server.process.pid)}
@@ -276,18 +285,18 @@ class Sampler(threading.Thread):
         started = time.perf_counter()
         try:
             row["health"] = self.server.health().get("status")
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             row["health"] = f"error: {exc}"
         row["health_ms"] = round((time.perf_counter() - started) * 1000, 1)
-        row["alive"] = self.server.alive
+        row["alive"] = self.server.alive and len(per_pid) >= self.processes
+        if not row["alive"]:
+            self.dead.set()
         return row
 
     def run(self) -> None:
-        while not self.halt.is_set() and self.server.alive:
+        while not self.halt.is_set() and not self.dead.is_set():
             self.samples.append(self.sample())
             self.halt.wait(self.interval)
-        if not self.server.alive:
-            self.samples.append({"t": round(time.monotonic() - self.t0, 2), "alive": False})
 
 
 # -- webhooks (the final state of async predictions) --------------------------------------------
@@ -316,9 +325,11 @@ class Webhooks:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    def wait(self, pid: str, timeout: float) -> dict | None:
+    def wait(self, pid: str, timeout: float, dead: threading.Event) -> dict | None:
+        deadline = time.monotonic() + timeout
         with self.cond:
-            self.cond.wait_for(lambda: pid in self.final, timeout)
+            while pid not in self.final and not dead.is_set() and time.monotonic() < deadline:
+                self.cond.wait(1.0)
             return self.final.get(pid)
 
 
@@ -348,6 +359,7 @@ class Soak:
         self.solo_seconds = time.perf_counter() - started
         self.slow = [f"{i} {text(rng, rng.randint(10, 40))}" for i in range(6000)]
         self.hooks = Webhooks()
+        self.dead = threading.Event()  # replaced by the sampler's
         self.lock = threading.Lock()
         self.issued = 0
         self.deadline = 0.0
@@ -357,7 +369,7 @@ class Soak:
             if (
                 self.issued >= self.args.requests
                 or time.monotonic() > self.deadline
-                or not self.server.alive
+                or self.dead.is_set()
             ):
                 return None
             self.issued += 1
@@ -374,8 +386,21 @@ class Soak:
         outcome.seconds = time.perf_counter() - started
         return outcome
 
+    def retry_409(self, send: Callable[[], tuple]) -> tuple:
+        """``send()`` again while it answers 409 (all slots busy), as a client would; not once
+        the server died (a crashed worker leaves coglet answering 409 for good)."""
+        deadline, delay = time.monotonic() + REQUEST_TIMEOUT, 0.02
+        while True:
+            answer = send()
+            if answer[0] != 409 or time.monotonic() > deadline or self.dead.is_set():
+                return answer
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
     def post(self, inputs: dict) -> tuple[int, dict]:
-        return self.server.predict(inputs, timeout=REQUEST_TIMEOUT, retry_409_for=REQUEST_TIMEOUT)
+        return self.retry_409(
+            lambda: self.server.predict(inputs, timeout=REQUEST_TIMEOUT, retry_409_for=0)
+        )
 
     def check(self, kind: str, specs: list[dict], wants: list[dict], i: int) -> Outcome:
         started = time.perf_counter()
@@ -395,12 +420,16 @@ class Soak:
         case = rng.choice(self.pool_hostile)
         if case.raw is None:
             status, body = self.post(case.inputs)
-            error = str(body.get("error") or body.get("detail") or body)
+            error = str(
+                body.get("error") or body.get("detail") or f"{body.get('status')}, no error"
+            )
             clear = (status == 200 and body.get("status") == "failed") or status == 422
         else:
             headers = {"Content-Type": "application/json"}
-            status, raw = self.server.request(
-                "POST", "/predictions", case.raw, headers, REQUEST_TIMEOUT
+            status, raw = self.retry_409(
+                lambda: self.server.request(
+                    "POST", "/predictions", case.raw, headers, REQUEST_TIMEOUT
+                )
             )
             error = raw.decode(errors="replace")
             clear = 400 <= status < 500 or (status == 200 and '"status":"failed"' in error)
@@ -418,7 +447,7 @@ class Soak:
         start = rng.randrange(len(self.slow) - 3000)
         return {"query": "slow", "documents": self.slow[start : start + 3000], "batch_size": 1}
 
-    def submit_async(self, rng: random.Random) -> tuple[str, int, bytes]:
+    def submit_async(self, rng: random.Random) -> tuple[int, str, bytes]:
         """PUT a slow request with ``Prefer: respond-async``; its final state comes by webhook."""
         pid = f"soak-{uuid.uuid4().hex}"
         body = json.dumps(
@@ -430,20 +459,15 @@ class Soak:
         ).encode()
         headers = {"Content-Type": "application/json", "Prefer": "respond-async"}
         status, raw = self.server.request("PUT", f"/predictions/{pid}", body, headers)
-        return pid, status, raw
+        return status, pid, raw
 
     def send_cancel(self, rng: random.Random) -> Outcome:
-        deadline = time.monotonic() + REQUEST_TIMEOUT
-        while True:
-            pid, status, raw = self.submit_async(rng)
-            if status != 409 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        status, pid, raw = self.retry_409(lambda: self.submit_async(rng))
         if status != 202:
             return Outcome("cancel", "async", False, 0, f"PUT answered {status}: {raw[:200]!r}")
         time.sleep(rng.choice([0.0, 0.05, 0.3, 1.0, 2.0]))
         cancel_status, _ = self.server.request("POST", f"/predictions/{pid}/cancel", b"", {})
-        final = self.hooks.wait(pid, REQUEST_TIMEOUT)
+        final = self.hooks.wait(pid, REQUEST_TIMEOUT, self.dead)
         state = final and final.get("status")
         extra = {"cancel_http": cancel_status, "final": state}
         if final is None:
@@ -463,13 +487,14 @@ class Soak:
     def send_disconnect(self, rng: random.Random) -> Outcome:
         hang_up = rng.choice([0.1, 0.5, 1.5])
         body = json.dumps({"input": self.slow_request(rng)}).encode()
+        headers = {"Content-Type": "application/json"}
         try:
-            status, _ = self.server.request(
-                "POST", "/predictions", body, {"Content-Type": "application/json"}, hang_up
+            status, _ = self.retry_409(
+                lambda: self.server.request("POST", "/predictions", body, headers, hang_up)
             )
         except TimeoutError:
             return Outcome("disconnect", "hung up", True, 0)
-        # Answered before the hang-up (fast) or 409 (all slots busy): nothing to cancel.
+        # Answered before the hang-up (fast), or 409 for REQUEST_TIMEOUT: nothing to cancel.
         ok = status in (200, 409)
         return Outcome("disconnect", f"answered {status}", ok, 0, "" if ok else f"HTTP {status}")
 
@@ -495,18 +520,18 @@ class Soak:
         n = self.args.concurrency
         started = time.monotonic()
         attempt = 0
-        while self.server.alive and time.monotonic() - started < timeout:
+        while not self.dead.is_set() and time.monotonic() - started < timeout:
             attempt += 1
             rng = random.Random(attempt)
             sent = [self.submit_async(rng) for _ in range(n + 1)]
-            accepted = [pid for pid, status, _ in sent if status == 202]
+            accepted = [pid for status, pid, _ in sent if status == 202]
             time.sleep(0.5)  # past coglet's cancel race (COGLET_RACE)
             for pid in accepted:
                 self.server.request("POST", f"/predictions/{pid}/cancel", b"", {})
-            finals = [self.hooks.wait(pid, REQUEST_TIMEOUT) for pid in accepted]
+            finals = [self.hooks.wait(pid, REQUEST_TIMEOUT, self.dead) for pid in accepted]
             result = {
                 "accepted": len(accepted),
-                "answers": dict(Counter(status for _, status, _ in sent)),
+                "answers": dict(Counter(status for status, _, _ in sent)),
                 "finals": dict(Counter(f and f.get("status") for f in finals)),
                 "attempts": attempt,
                 "seconds": round(time.monotonic() - started, 1),
@@ -553,7 +578,7 @@ def summarize(args, soak, outcomes, samples, start, end, idle, final_check, died
         by_kind[o.kind]["ok" if o.ok else "unexpected"] += 1
         by_kind[o.kind][o.name if o.kind in ("cancel", "disconnect") else "_"] += 1
         latency[o.kind].append(o.seconds)
-    soak_samples = [s for s in samples if s.get("alive", True) and "rss_mb" in s]
+    soak_samples = samples
     failures = [o for o in outcomes if not o.ok]
     return {
         "command": "uv run python bench/soak.py " + shlex.join(sys.argv[1:]),
@@ -654,7 +679,7 @@ def render(r: dict) -> str:
         f"in {r['back_to_ready']['seconds']}s; final solo request: {r['final_solo_check']}",
         f"all slots free after the soak ({r['args']['concurrency']} slow async requests accepted "
         f"at once, one more refused, all cancelled): {r['slots_after']}",
-        f"server died: {r['server_died']}",
+        f"server or its worker died: {r['server_died']}",
     ]
     if r["failures"]:
         lines += ["", f"Unexpected outcomes ({len(r['failures'])}, first 20):"]
@@ -705,24 +730,29 @@ def main() -> int:
         sampler = Sampler(server)
         time.sleep(2)
         start = sampler.sample()
+        sampler.processes = start["processes"]  # fewer later: the worker died
+        soak.dead = sampler.dead
         print(f"# start: {start['rss_mb']:.0f} MB, {start['fds']} fds, {start['threads']} threads")
         sampler.start()
         began = time.monotonic()
         outcomes = warm + soak.run()  # the warm-up answers are checked and counted too
         soak_seconds = time.monotonic() - began
-        slots = soak.slots_free(120)
-        idle = wait_idle(server, 120)
+        slots, idle = {"ok": False, "skipped": "server died"}, ("server died", 0.0)
+        if not sampler.dead.is_set():
+            slots = soak.slots_free(120)
+            idle = wait_idle(server, 120)
         soak.hooks.httpd.shutdown()
         sampler.halt.set()
         sampler.join()
-        died = not server.alive
-        final_check, end = "not run (server died)", {"rss_mb": 0, "fds": 0, "threads": 0}
-        if not died:
+        final_check = "not run (server died)"
+        if not sampler.dead.is_set():
             time.sleep(3)  # let worker threads settle before the idle sample
-            end = sampler.sample()
+        end = sampler.sample()
+        if not sampler.dead.is_set():
             i = len(soak.pool_valid) - 1
             o = soak.check("valid", soak.pool_valid, soak.want_valid, i)
             final_check = "equal to solo" if o.ok else f"DIFFERS: {o.detail}"
+        died = sampler.dead.is_set()
         logs_tail = server.logs()[-3000:]
 
     r = summarize(args, soak, outcomes, sampler.samples, start, end, idle, final_check, died)
@@ -734,6 +764,7 @@ def main() -> int:
         or idle[0] != "READY"
         or final_check != "equal to solo"
         or not slots["ok"]
+        or r["resources"]["health_not_ok"]
     )
     if died:
         r["server_log_tail"] = logs_tail
