@@ -28,6 +28,7 @@ health was ever other than READY/BUSY, or the server (or its worker) died.
 from __future__ import annotations
 
 import argparse
+import http.client
 import http.server
 import json
 import os
@@ -347,7 +348,9 @@ class Outcome:
 
 
 class Soak:
-    def __init__(self, server, reranker, args) -> None:
+    def __init__(
+        self, server: LocalCogServer, reranker: Reranker, args: argparse.Namespace
+    ) -> None:
         self.server, self.args = server, args
         rng = random.Random(args.seed)
         self.pool_valid = [valid_spec(rng, i) for i in range(args.pool)]
@@ -381,7 +384,7 @@ class Soak:
         started = time.perf_counter()
         try:
             outcome = getattr(self, f"send_{kind}")(rng)
-        except (OSError, ValueError) as exc:  # timeouts, refused connections, bad bodies
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # timeouts, resets
             outcome = Outcome(kind, "?", False, 0, f"{type(exc).__name__}: {exc}")
         outcome.seconds = time.perf_counter() - started
         return outcome
@@ -570,7 +573,18 @@ def slope_mb_per_min(samples: list[dict]) -> float:
     return statistics.linear_regression(ts, ys).slope * 60
 
 
-def summarize(args, soak, outcomes, samples, start, end, idle, final_check, died) -> dict:
+def summarize(
+    args: argparse.Namespace,
+    soak: Soak,
+    outcomes: list[Outcome],
+    samples: list[dict],
+    start: dict,
+    end: dict,
+    idle: tuple[str, float],
+    final_check: str,
+    died: bool,
+) -> dict:
+    """Everything the text report and the JSON file hold."""
     by_kind = defaultdict(Counter)
     latency = defaultdict(list)
     for o in outcomes:
@@ -578,7 +592,6 @@ def summarize(args, soak, outcomes, samples, start, end, idle, final_check, died
         by_kind[o.kind]["ok" if o.ok else "unexpected"] += 1
         by_kind[o.kind][o.name if o.kind in ("cancel", "disconnect") else "_"] += 1
         latency[o.kind].append(o.seconds)
-    soak_samples = samples
     failures = [o for o in outcomes if not o.ok]
     return {
         "command": "uv run python bench/soak.py " + shlex.join(sys.argv[1:]),
@@ -606,16 +619,16 @@ def summarize(args, soak, outcomes, samples, start, end, idle, final_check, died
         "resources": {
             "start_idle": start,
             "end_idle": end,
-            "rss_mb_min": min((s["rss_mb"] for s in soak_samples), default=None),
-            "rss_mb_max": max((s["rss_mb"] for s in soak_samples), default=None),
-            "rss_slope_mb_per_min_second_half": round(slope_mb_per_min(soak_samples), 2),
-            "fds_max": max((s["fds"] for s in soak_samples), default=None),
-            "threads_max": max((s["threads"] for s in soak_samples), default=None),
-            "health_ms_median": round(statistics.median(s["health_ms"] for s in soak_samples), 1)
-            if soak_samples
+            "rss_mb_min": min((s["rss_mb"] for s in samples), default=None),
+            "rss_mb_max": max((s["rss_mb"] for s in samples), default=None),
+            "rss_slope_mb_per_min_second_half": round(slope_mb_per_min(samples), 2),
+            "fds_max": max((s["fds"] for s in samples), default=None),
+            "threads_max": max((s["threads"] for s in samples), default=None),
+            "health_ms_median": round(statistics.median(s["health_ms"] for s in samples), 1)
+            if samples
             else None,
-            "health_ms_max": max((s["health_ms"] for s in soak_samples), default=None),
-            "health_not_ok": sum(s["health"] not in ("READY", "BUSY") for s in soak_samples),
+            "health_ms_max": max((s["health_ms"] for s in samples), default=None),
+            "health_not_ok": sum(s["health"] not in ("READY", "BUSY") for s in samples),
         },
         "back_to_ready": {"status": idle[0], "seconds": round(idle[1], 1)},
         "final_solo_check": final_check,
