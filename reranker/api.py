@@ -1,8 +1,9 @@
 """The public entry point: ``Reranker.load(...)``, ``.score(...)``, ``.rank(...)``.
 
 Every call takes the same road as the Cog server: a :class:`~reranker.request.RerankRequest`
-is built (validated once), prepared (tokenized, identical documents once), its documents run
-through the :class:`~reranker.scheduler.Scheduler`, and the result is built by
+is built (validated once), admitted under the in-flight bounds every caller of this reranker
+shares (:mod:`~reranker.admission`), prepared (tokenized, identical documents once), its
+documents run through the :class:`~reranker.scheduler.Scheduler`, and the result is built by
 :meth:`RerankResult.build <reranker.scoring.RerankResult.build>`. ``score`` returns P(yes) per
 document in input order; ``rank`` is the sort-and-slice over the same logits.
 """
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import numpy as np
 import torch
 
+from .admission import Admission, Admitted
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, Limits, Settings
 from .engine import Engine
 from .loading import ModelLoadError, load_encoder, load_engine
@@ -39,11 +42,13 @@ class Reranker:
         encoder: PromptEncoder,
         *,
         limits: Limits | None = None,
+        admission: Admission | None = None,
         source: str = "",
     ) -> None:
         self.engines = list(engines)
         self.encoder = encoder
         self.limits = Limits() if limits is None else limits
+        self.admission = Admission.from_settings(Settings()) if admission is None else admission
         self.source = source
         self.scheduler = Scheduler(self.engines)
 
@@ -81,7 +86,8 @@ class Reranker:
             load_engine(source, device, placement.dtype, encoder, settings, revision)
             for device in placement.devices
         ]
-        return cls(engines, encoder, limits=settings.limits, source=source)
+        admission = Admission.from_settings(settings)
+        return cls(engines, encoder, limits=settings.limits, admission=admission, source=source)
 
     def with_settings(self, settings: Settings) -> Reranker:
         """The same loaded model and tokenizer under other limits, budget or prefix reuse
@@ -94,7 +100,13 @@ class Reranker:
             )
             for e in self.engines
         ]
-        return Reranker(engines, self.encoder, limits=settings.limits, source=self.source)
+        return Reranker(
+            engines,
+            self.encoder,
+            limits=settings.limits,
+            admission=Admission.from_settings(settings),
+            source=self.source,
+        )
 
     def close(self) -> None:
         """Stop the scheduler's worker threads, if async calls started any."""
@@ -121,6 +133,13 @@ class Reranker:
     def prepare(self, request: RerankRequest) -> PreparedRequest:
         """Tokenize the request and check its token budget."""
         return prepare(request, self.encoder, self.limits)
+
+    def admit(self, request: RerankRequest) -> AbstractAsyncContextManager[Admitted]:
+        """``async with reranker.admit(request) as admitted:`` waits for room under the
+        in-flight bounds (:mod:`reranker.admission`), tokenizes in a thread, and holds the
+        request's tokens until the block exits; pass ``admitted.prepared`` to :meth:`alogits`.
+        """
+        return self.admission.admit(request, self.prepare)
 
     def logits(
         self, prepared: PreparedRequest, on_progress: OnProgress | None = None
@@ -149,14 +168,15 @@ class Reranker:
     def rerank(self, request: RerankRequest, *, show_progress_bar: bool = False) -> RerankResult:
         """Rank one request's documents (its ``top_k`` and ``return_documents`` apply)."""
         check_bool("show_progress_bar", show_progress_bar)
-        prepared = self.prepare(request)
-        bar = ProgressBar(len(request.documents)) if show_progress_bar else None
-        try:
-            logits, _ = self.logits(prepared, on_progress=bar)
-        finally:
-            if bar is not None:
-                bar.close()
-        return RerankResult.build(prepared, logits)
+        with self.admission.admit_blocking(request, self.prepare) as admitted:
+            prepared = admitted.prepared
+            bar = ProgressBar(len(request.documents)) if show_progress_bar else None
+            try:
+                logits, _ = self.logits(prepared, on_progress=bar)
+            finally:
+                if bar is not None:
+                    bar.close()
+            return RerankResult.build(prepared, logits)
 
     # -- public API ------------------------------------------------------------------------
 

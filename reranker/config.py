@@ -56,6 +56,15 @@ class Settings:
     max_query_chars: int = 100_000  # also applies to the instruction
     max_total_chars: int = 50_000_000
     max_request_tokens: int = 4_000_000  # about 100 s of H100 time (bench/results)
+    # Admission (reranker/admission.py): what all requests together may hold at once; beyond
+    # it requests wait in arrival order. Worst case ~160 bytes of host memory per character
+    # tokenizing (tokenizer and ids) and 63 per admitted token (bench/results/memory-*): about
+    # 2.6 + 1 GB at these values. 16M tokens queue ~400 s of H100 work: the GPU never idles.
+    max_chars_in_flight: int = 16_000_000
+    max_tokens_in_flight: int = 16_000_000
+    # Seconds a request may wait for room before it fails: more than the worst legal queue
+    # (15 requests of 4M tokens ahead, about 1,500 s on an H100).
+    admission_timeout: int = 1800
 
     def batch_tokens(self, device_type: str) -> int:
         if self.max_batch_tokens is not None:
@@ -144,6 +153,7 @@ def check_device_name(label: str, value: str) -> str:
 _BOOLS = {"warmup", "compile"}
 _INTS = {"max_batch_tokens", "replicas", "max_documents", "max_document_chars"}
 _INTS |= {"max_query_chars", "max_total_chars", "max_request_tokens"}
+_INTS |= {"max_chars_in_flight", "max_tokens_in_flight", "admission_timeout"}
 
 
 def _parse(name: str, raw: str):

@@ -95,10 +95,47 @@ class PreparedRequest:
 
 
 def prepare(request: RerankRequest, encoder: PromptEncoder, limits: Limits) -> PreparedRequest:
-    """Tokenize (each distinct document once) and check the request's token budget."""
+    """Tokenize (each distinct document once) and check the request's token budget.
+
+    Documents are tokenized a chunk of characters at a time, which bounds the tokenizer's
+    working memory whatever the request's size, and a request over its token budget stops at
+    the first chunk that takes it over.
+    """
     position: dict[str, int] = {}
     inverse = [position.setdefault(d, len(position)) for d in request.documents]
-    encoded = encoder.encode(request.instruction, request.query, list(position), request.max_length)
-    prepared = PreparedRequest(request, inverse, encoded)
-    check_token_budget(prepared.num_tokens, limits)
-    return prepared
+    unique = list(position)
+    uses = [0] * len(unique)
+    for j in inverse:
+        uses[j] += 1
+    context, room = encoder.context_ids(request.instruction, request.query, request.max_length)
+    documents: list[tuple[int, ...]] = []
+    truncated: list[bool] = []
+    tokens = 0
+    for start, stop in chunks([len(d) for d in unique], TOKENIZE_CHUNK_CHARS):
+        ids, cut = encoder.encode_tails(unique[start:stop], room)
+        tokens += sum(uses[start + k] * (len(context) + len(d)) for k, d in enumerate(ids))
+        check_token_budget(tokens, limits, complete=stop == len(unique))
+        documents += ids
+        truncated += cut
+    return PreparedRequest(request, inverse, EncodedRequest(context, documents, truncated))
+
+
+# Characters tokenized per call: the tokenizer needs about 30-150 bytes of working memory per
+# character (bench/results/memory-*), so at most ~150 MB per request tokenizing; big enough
+# that a chunk still spreads over the tokenizer's threads.
+TOKENIZE_CHUNK_CHARS = 1 << 20
+
+
+def chunks(lengths: Sequence[int], size: int) -> list[tuple[int, int]]:
+    """Consecutive ``(start, stop)`` ranges of items whose lengths sum to about ``size``
+    (an item longer than ``size`` is a range of its own)."""
+    out: list[tuple[int, int]] = []
+    start = total = 0
+    for i, n in enumerate(lengths):
+        if i > start and total + n > size:
+            out.append((start, i))
+            start, total = i, 0
+        total += n
+    if start < len(lengths):
+        out.append((start, len(lengths)))
+    return out

@@ -7,12 +7,11 @@ that everything here can be driven (and tested) without a Cog server. The servic
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .admission import Admitted
 from .api import Reranker
 from .config import Limits, Settings, SettingsError, env_name
 from .engine import BudgetTooLargeError
@@ -36,6 +35,7 @@ class Metrics:
     rescored_documents: int  # re-scored with float32 activations after a 16-bit overflow
     tokenize_seconds: float
     model_seconds: float
+    admission_wait_seconds: float  # waiting for room under RERANKER_MAX_*_IN_FLIGHT
 
     def items(self) -> list[tuple[str, float]]:
         return list(vars(self).items())
@@ -84,11 +84,17 @@ class RerankService:
     async def rerank(
         self, request: RerankRequest, *, say: Callable[[str], None] = print
     ) -> tuple[RerankResult, Metrics]:
+        """One request: admitted under the in-flight bounds (it may wait its turn there; its
+        tokenization runs off the event loop), then scored alongside the others."""
         self._refuse_if_device_failed()
-        started = time.perf_counter()
-        # Tokenizing 10k documents takes a while: keep the event loop answering meanwhile.
-        prepared = await asyncio.to_thread(self.reranker.prepare, request)
-        tokenize_seconds = time.perf_counter() - started
+        async with self.reranker.admit(request) as admitted:
+            return await self._scored(admitted, say)
+
+    async def _scored(
+        self, admitted: Admitted, say: Callable[[str], None]
+    ) -> tuple[RerankResult, Metrics]:
+        prepared = admitted.prepared
+        request = prepared.request
 
         def cancelled(dropped: int, unique: int) -> None:
             say(f"cancelled: {dropped} of {unique} distinct documents left the queue unscored")
@@ -109,8 +115,9 @@ class RerankService:
             truncated_documents=prepared.num_truncated,
             forward_passes=stats.passes,
             rescored_documents=stats.rescored,
-            tokenize_seconds=round(tokenize_seconds, 6),
+            tokenize_seconds=round(admitted.tokenize_seconds, 6),
             model_seconds=round(stats.model_seconds, 6),
+            admission_wait_seconds=round(admitted.wait_seconds, 6),
         )
         return result, metrics
 

@@ -107,6 +107,13 @@ class PromptEncoder:
         Only a document's tail is ever cut; raises ``ValueError`` when ``max_length`` leaves
         no room for any document token.
         """
+        context, room = self.context_ids(instruction, query, max_length)
+        return EncodedRequest(context, *self.encode_tails(documents, room))
+
+    def context_ids(
+        self, instruction: str, query: str, max_length: int
+    ) -> tuple[tuple[int, ...], int]:
+        """The ids every document's prompt starts with, and the room left for a document."""
         head = self.head_ids(instruction, query)
         room = max_length - self.fixed_tokens - len(head)
         if room < 1:
@@ -115,12 +122,15 @@ class PromptEncoder:
                 f"already takes {self.fixed_tokens + len(head)} tokens (instruction and query "
                 "included); raise max_length or shorten the query/instruction"
             )
+        return self.prefix_ids + tuple(head), room
+
+    def encode_tails(
+        self, documents: Sequence[str], room: int
+    ) -> tuple[list[tuple[int, ...]], list[bool]]:
+        """Per document: its ids after the context (tail cut to ``room``, then SUFFIX), and
+        whether it was cut."""
         tails, truncated = self.encode_documents([format_tail(d) for d in documents], room)
-        return EncodedRequest(
-            context=self.prefix_ids + tuple(head),
-            documents=[tuple(t) + self.suffix_ids for t in tails],
-            truncated=truncated,
-        )
+        return [tuple(t) + self.suffix_ids for t in tails], truncated
 
     def encode_documents(
         self, texts: Sequence[str], room: int, *, chars_per_token: float = CHARS_PER_TOKEN

@@ -109,9 +109,11 @@ def check_documents(documents: Any, limits: Limits) -> list[str]:
     return docs
 
 
-def check_token_budget(num_tokens: int, limits: Limits) -> None:
+def check_token_budget(num_tokens: int, limits: Limits, *, complete: bool = True) -> None:
+    """``complete=False``: ``num_tokens`` counts only the documents tokenized so far."""
     if num_tokens > limits.max_request_tokens:
+        some = "" if complete else "at least "
         raise ValueError(
-            f"documents make {num_tokens:,} prompt tokens after truncation; the limit per request "
-            f"is {limits.max_request_tokens:,} (send fewer documents or lower max_length)"
+            f"documents make {some}{num_tokens:,} prompt tokens after truncation; the limit per "
+            f"request is {limits.max_request_tokens:,} (send fewer documents or lower max_length)"
         )

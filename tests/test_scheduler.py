@@ -141,13 +141,13 @@ def test_tokenization_runs_off_the_event_loop(service, monkeypatch):
     (every other request, health check and cancellation waits on that thread)."""
     encoder = service.reranker.encoder
     seen: list[threading.Thread] = []
-    real_encode = encoder.encode
+    real_encode = encoder.encode_tails
 
     def observed_encode(*args, **kwargs):
         seen.append(threading.current_thread())
         return real_encode(*args, **kwargs)
 
-    monkeypatch.setattr(encoder, "encode", observed_encode)
+    monkeypatch.setattr(encoder, "encode_tails", observed_encode)
 
     async def main():
         loop_thread = threading.current_thread()

@@ -43,6 +43,9 @@ VALID = [
     ("RERANKER_MAX_QUERY_CHARS", "50", 50),
     ("RERANKER_MAX_TOTAL_CHARS", "123456", 123456),
     ("RERANKER_MAX_REQUEST_TOKENS", " 99 ", 99),
+    ("RERANKER_MAX_CHARS_IN_FLIGHT", "2000000", 2_000_000),
+    ("RERANKER_MAX_TOKENS_IN_FLIGHT", "500000", 500_000),
+    ("RERANKER_ADMISSION_TIMEOUT", "60", 60),
 ]
 
 NO_CUDA = not torch.cuda.is_available()
@@ -71,6 +74,9 @@ INVALID = [
     ("RERANKER_MAX_QUERY_CHARS", "0", None),
     ("RERANKER_MAX_TOTAL_CHARS", "1e6", None),
     ("RERANKER_MAX_REQUEST_TOKENS", "none", None),
+    ("RERANKER_MAX_CHARS_IN_FLIGHT", "-5", None),
+    ("RERANKER_MAX_TOKENS_IN_FLIGHT", "16M", None),
+    ("RERANKER_ADMISSION_TIMEOUT", "0.5", None),
 ]
 if NO_CUDA:  # on a CPU-only machine these name a device the machine does not have
     INVALID += [
