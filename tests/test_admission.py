@@ -140,6 +140,9 @@ def test_a_waiter_cancelled_just_as_it_is_granted_hands_the_units_on():
 
 
 def test_timeout_while_waiting_raises_and_holds_nothing():
+    """Faults seen failing: the timeout not passed to the wait (the guard's timeout); a timed
+    out waiter left in the queue."""
+
     async def main():
         gate = FifoGate(5)
         await gate.acquire(5)
@@ -202,6 +205,8 @@ def test_waiters_on_other_event_loops_and_threads_are_woken():
 
 
 def test_releasing_more_than_is_held_is_a_bug_that_says_so():
+    """Fault seen failing: the check removed (a double release would silently raise the
+    bound)."""
     gate = FifoGate(3)
     with pytest.raises(RuntimeError, match="released 1 units but only 0 are held"):
         gate.release(1)
