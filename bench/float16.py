@@ -2,7 +2,8 @@
 
     uv run python bench/float16.py            # CPU: drift on tiny models, cost on CPU_SCALE
 
-Drift: max and mean |score - float32 recipe score| on the tiny models of tests/test_float16.py
+Drift: max and mean |score - float32 recipe score|, Spearman and top-3 overlap (the columns of
+``python -m reranker.drift``) on the tiny models of tests/test_float16.py
 (an ordinary one, three whose residual stream passes 65,504, one whose value projection does),
 for float16 with the recipe's rounding (``native``; the safe mode re-scores what overflows),
 float16 with a float32 residual (the default) and bfloat16. Cost: seconds for the standard
@@ -29,32 +30,40 @@ import workloads  # noqa: E402
 from run import build_model, ours  # noqa: E402
 
 from devtools.offline import build_tokenizer  # noqa: E402
-from reranker import Settings  # noqa: E402
+from reranker import Settings, drift  # noqa: E402
 from reranker.tokenization import PromptEncoder  # noqa: E402
 
 
 def drift_table(tokenizer) -> None:
-    print("model              | mode                      | max |Δ|  | mean |Δ| | re-scored")
+    """The columns of ``python -m reranker.drift`` (its metric functions and table), against
+    the model card's code in float32; top-3 overlap, as there are six documents."""
     shapes = {"ordinary": None, **cases.SHAPES, "value_overflow": cases.value_overflow}
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, shape in shapes.items():
             path = cases.save_model(Path(tmp) / name, tokenizer, shape)
-            want = cases.recipe_scores(path)
+            want = drift.Scored(cases.recipe_scores(path))
             for dtype, numerics in (
                 ("float16", "native"),
                 ("float16", "auto"),
                 ("bfloat16", "auto"),
             ):
                 r = cases.load(path, dtype, numerics=numerics)
-                diffs = [
-                    abs(a - b) for a, b in zip(r.score(cases.QUERY, cases.DOCS), want, strict=True)
-                ]
-                mode = f"{dtype} {r.engine.scorer.numerics.name}"
-                print(
-                    f"{name:<18} | {mode:<25} | {max(diffs):.2e} | {sum(diffs) / len(diffs):.2e}"
-                    f" | {r.engine.rescored}",
-                    flush=True,
+                started = time.perf_counter()
+                got = drift.Scored(r.score(cases.QUERY, cases.DOCS))
+                rows.append(
+                    drift.summarize(
+                        f"{name}: {dtype} {r.engine.scorer.numerics.name}",
+                        [drift.request_drift(want, got, k=3)],
+                        k=3,
+                        dtype=dtype,
+                        seconds=time.perf_counter() - started,
+                        note=f"re-scored {r.engine.rescored}",
+                    )
                 )
+                print(f"# {rows[-1].mode}: done", flush=True)
+    print("# reference: the model card's code in float32 (tests/reference.py)")
+    print(drift.format_table(rows), flush=True)
 
 
 def cost(tokenizer) -> None:

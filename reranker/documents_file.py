@@ -29,39 +29,40 @@ LINES_HINT = "to read one document per line, pass --documents-format lines"
 BOM = "\ufeff"
 
 
-def label(path: str) -> str:
-    """How messages name the documents source."""
-    return "--documents - (stdin)" if path == "-" else f"--documents {path}"
+def label(path: str, option: str = "--documents") -> str:
+    """How messages name the source: the option that gave it (``reranker.drift`` reads its
+    ``--requests`` file with these functions too) and the path."""
+    return f"{option} - (stdin)" if path == "-" else f"{option} {path}"
 
 
-def decode(data: bytes, path: str) -> str:
+def decode(data: bytes, path: str, option: str = "--documents") -> str:
     """``data`` as UTF-8 text; an error naming the file and the first bad byte."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(
-            f"{label(path)}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+            f"{label(path, option)}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
             f"{exc.start}); save it as UTF-8"
         ) from None
 
 
-def read_file(path: str, stdin: TextIO | None) -> str:
+def read_file(path: str, stdin: TextIO | None, option: str = "--documents") -> str:
     """The text of ``path``, or of ``stdin`` for ``-``, decoded as UTF-8."""
     if path == "-":
         if stdin is None:
-            raise ValueError(f"{label(path)}: there is no standard input")
+            raise ValueError(f"{label(path, option)}: there is no standard input")
         buffer: BinaryIO | None = getattr(stdin, "buffer", None)
         if buffer is None:  # a text stream without bytes underneath (e.g. io.StringIO)
             return stdin.read()
-        return decode(buffer.read(), path)  # UTF-8 whatever the locale says stdin is
+        return decode(buffer.read(), path, option)  # UTF-8 whatever the locale says stdin is
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        raise ValueError(f"{label(path)}: no such file") from None
+        raise ValueError(f"{label(path, option)}: no such file") from None
     except OSError as exc:
-        raise ValueError(f"{label(path)}: {exc.strerror or exc}") from None
-    return decode(data, path)
+        raise ValueError(f"{label(path, option)}: {exc.strerror or exc}") from None
+    return decode(data, path, option)
 
 
 def split_lines(text: str) -> list[str]:
@@ -70,7 +71,7 @@ def split_lines(text: str) -> list[str]:
     return [line for line in lines if line.strip()]
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
     if value is None:
         return "JSON null"
     if isinstance(value, bool):
@@ -92,10 +93,10 @@ def as_documents(value: Any, path: str, *, auto: bool) -> list[str]:
             hint = "; for a saved request body, pass only its documents array"
         raise ValueError(f"{label(path)}: {EXPECTED}, got a JSON object{hint}")
     if not isinstance(value, list):
-        raise ValueError(f"{label(path)}: {EXPECTED}, got {_json_kind(value)}{hint}")
+        raise ValueError(f"{label(path)}: {EXPECTED}, got {json_kind(value)}{hint}")
     for i, doc in enumerate(value):
         if not isinstance(doc, str):
-            raise ValueError(f"{label(path)}: {EXPECTED}, but documents[{i}] is {_json_kind(doc)}")
+            raise ValueError(f"{label(path)}: {EXPECTED}, but documents[{i}] is {json_kind(doc)}")
     return value
 
 

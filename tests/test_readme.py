@@ -52,6 +52,7 @@ def run_as_written(command: str, cwd: Path) -> subprocess.CompletedProcess:
 # README commands that no test can run here (no network, no Docker, no GPU), and why.
 NOT_RUN_HERE = {
     "uv run rerank --model Qwen/": "downloads the 16 GB checkpoint",
+    "uv run python -m reranker.drift --model Qwen/": "needs the 16 GB checkpoint",
     "uv run pytest": "the test suite itself",
     "cog ": "needs Docker and the Cog CLI",
     "sudo curl -o /usr/local/bin/cog ": "installs the Cog CLI, which needs Docker",
@@ -114,6 +115,30 @@ def test_quick_start_offline_commands(workdir):
         assert out["total_documents"] == len(documents)
         assert len(out["results"]) == 3
         assert all(0.0 <= r["score"] <= 1.0 for r in out["results"])
+
+
+def test_drift_command_as_written(workdir):
+    """The tiny-model line of "Check drift on your own data" runs as written and prints one row
+    per mode after the float32 reference, for every request of examples/requests.jsonl.
+
+    Fault seen failing: examples/requests.jsonl with "document" for "documents" on one line."""
+    (command,) = [c for c in readme_commands() if c.startswith("uv run python -m reranker.drift")
+                  and is_tiny_model_command(c)]  # fmt: skip
+    proc = run_as_written(command, workdir)
+    assert proc.returncode == 0, proc.stderr
+    header, *rows = proc.stdout.strip().splitlines()
+    assert [c.strip() for c in header.split(" | ")][:8] == [
+        "mode", "dtype", "requests", "documents", "max |Δ score|", "mean |Δ score|", "Spearman",
+        "top-10 overlap",
+    ]  # fmt: skip
+    cells = [[c.strip() for c in row.split(" | ")] for row in rows]
+    modes = command.split("--modes ")[1].split()[0].split(",")
+    assert [c[0] for c in cells] == ["float32 (reference)", *modes]
+    lines = (ROOT / "examples" / "requests.jsonl").read_text().splitlines()
+    documents = sum(len(json.loads(line)["documents"]) for line in lines)
+    for c in cells:
+        assert c[2:4] == [str(len(lines)), str(documents)], c
+        assert 0.0 <= float(c[4]) < 0.1 and -1.0 <= float(c[6]) <= 1.0, c
 
 
 def test_cli_help_as_written(workdir):
