@@ -142,6 +142,7 @@ class Reranker:
             no_id=encoder.no_id,
             attention=settings.attention,
             compile=settings.compile,
+            quantization=settings.quantization,
         )
         engine = Engine(scorer, settings)
         if settings.warmup and dev.type == "cuda":

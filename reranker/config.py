@@ -48,6 +48,9 @@ class Settings:
     # torch.compile the layer math (fuses norms, RoPE, SiLU): +30% on an H100 (bench/results).
     # None: on for CUDA, off for CPU (where it needs a C++ toolchain and gains little).
     compile: bool | None = None
+    # none | fp8 (experimental): W8A8 FP8 GEMMs, weights quantized at load; needs a GPU with
+    # FP8 tensor cores (compute capability 8.9+). See reranker/fp8.py.
+    quantization: str = "none"
     replicas: int | None = None  # model copies; None: one per visible GPU (one on CPU)
     # Request limits, checked before any model work. Memory does not grow with them (passes are
     # bounded by tokens); they bound the time and host memory one request can take.
@@ -79,7 +82,11 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        choices = {"attention": ("auto", "varlen", "sdpa"), "prefix_reuse": ("auto", "on", "off")}
+        choices = {
+            "attention": ("auto", "varlen", "sdpa"),
+            "prefix_reuse": ("auto", "on", "off"),
+            "quantization": ("none", "fp8"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise SettingsError(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import fp8
 from .api import Reranker
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, Settings, SettingsError
 from .scheduler import RequestStats, Scheduler
@@ -59,6 +60,10 @@ def replica_devices(settings: Settings) -> list[str]:
             f"RERANKER_ATTENTION=varlen needs a CUDA device (FlashAttention), but the model "
             f"would run on {devices[0]}; use auto or sdpa"
         )
+    if settings.quantization == "fp8":
+        for device in dict.fromkeys(devices):
+            if reason := fp8.unsupported_reason(device):
+                raise SettingsError(fp8.requirement(reason))
     return devices
 
 
