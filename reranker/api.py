@@ -73,6 +73,7 @@ class Reranker:
             dtype=dtype if dtype is not None else settings.dtype,
             replicas=1,
             attention=settings.attention,
+            quantization=settings.quantization,
         )
         return cls.from_placement(os.fspath(model), placement, settings, revision=revision)
 

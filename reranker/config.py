@@ -48,6 +48,9 @@ class Settings:
     # torch.compile the layer math (fuses norms, RoPE, SiLU): +30% on an H100 (bench/results).
     # None: on for CUDA, off for CPU (where it needs a C++ toolchain and gains little).
     compile: bool | None = None
+    # none | fp8 (experimental): W8A8 FP8 GEMMs, weights quantized at load; needs a GPU with
+    # FP8 tensor cores (compute capability 8.9+). See reranker/fp8.py.
+    quantization: str = "none"
     replicas: int | None = None  # model copies; None: one per visible GPU (one on CPU)
     # Request limits, checked before any model work. Memory does not grow with them (passes are
     # bounded by tokens); they bound the time and host memory one request can take.
@@ -101,6 +104,7 @@ class Settings:
         try:
             check_choice(env_name("attention"), self.attention, ATTENTION_NAMES)
             check_choice(env_name("prefix_reuse"), self.prefix_reuse, PREFIX_REUSE_NAMES)
+            check_choice(env_name("quantization"), self.quantization, QUANTIZATION_NAMES)
             if self.dtype is not None:
                 check_choice(env_name("dtype"), self.dtype, DTYPE_NAMES)
             if self.device is not None:
@@ -135,6 +139,7 @@ def env_name(field: str) -> str:
 DTYPE_NAMES = ("float16", "bfloat16", "float32")
 ATTENTION_NAMES = ("auto", "varlen", "sdpa")
 PREFIX_REUSE_NAMES = ("auto", "on", "off")
+QUANTIZATION_NAMES = ("none", "fp8")
 
 
 def check_choice(label: str, value: object, allowed: tuple[str, ...]) -> str:

@@ -11,6 +11,14 @@ the fused tensor, so the old tensors are freed and the model still runs its own 
 on the same memory (the benchmark's recipe engines share the model with the scorer). Fusing a
 model whose projections already are adjacent views of one tensor (a second scorer on the same
 model) reuses that tensor instead of copying it again.
+
+With ``quantization="fp8"`` (:mod:`reranker.fp8`) every GEMM that runs over all tokens of a
+pass is quantized once here: every projection of every layer but the last, and the last
+layer's q/k/v. The last layer's output projection and MLP run after the last-token gather
+(M = segments in the pass, K up to 12,288): they stay 16-bit, where FP8 gains nothing and small
+M is the shape row-wise FP8 kernels handle worst. The quantized layers' 16-bit weights are
+dropped (the modules' ``weight`` becomes None), so weight memory about halves and the model
+object can no longer run its own ``forward``.
 """
 
 from __future__ import annotations
@@ -21,37 +29,72 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .fp8 import quantize_weight
+
+QUANTIZATIONS = ("none", "fp8", "fp8-emulated")  # fp8-emulated: exact CPU emulation, for tests
+
 
 class Linear(NamedTuple):
-    """One GEMM's operands: ``y = x @ weight.T + bias``."""
+    """One GEMM's operands: ``y = x @ weight.T + bias``; a float8 weight has ``scale``."""
 
     weight: torch.Tensor  # (N, K)
     bias: torch.Tensor | None
+    scale: torch.Tensor | None = None  # (N,) float32 per output channel, for float8 weights
 
 
-def prepare_layers(layers: Sequence[nn.Module]) -> list[tuple[tuple, tuple]]:
+def prepare_layers(
+    layers: Sequence[nn.Module], quantization: str = "none"
+) -> list[tuple[tuple, tuple]]:
     """Per layer, the argument tuples of ``attention_inputs`` and ``attention_output_and_mlp``
-    (after the activations): fused q/k/v and gate/up weights, built once here."""
-    return [_prepare_layer(layer) for layer in layers]
+    (after the activations): fused q/k/v and gate/up weights, quantized if asked, built once
+    here."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}")
+    if any(layer.self_attn.q_proj.weight is None for layer in layers):
+        raise ValueError("the model's weights were already quantized by another scorer")
+    fp8 = quantization != "none"
+    if quantization == "fp8":  # torch._scaled_mm needs K and N to be multiples of 16
+        a, m = layers[0].self_attn, layers[0].mlp
+        dims = {*a.q_proj.weight.shape, *a.k_proj.weight.shape, *m.up_proj.weight.shape}
+        if any(d % 16 for d in dims):
+            raise ValueError(f"FP8 GEMMs need dimensions divisible by 16, not {sorted(dims)}")
+    last = len(layers) - 1
+    return [
+        _prepare_layer(layer, qkv_fp8=fp8, rest_fp8=fp8 and i < last)
+        for i, layer in enumerate(layers)
+    ]
 
 
-def _prepare_layer(layer: nn.Module) -> tuple[tuple, tuple]:
+def _prepare_layer(layer: nn.Module, *, qkv_fp8: bool, rest_fp8: bool) -> tuple[tuple, tuple]:
     a, m = layer.self_attn, layer.mlp
     sizes = (a.q_proj.weight.shape[0], a.k_proj.weight.shape[0], a.v_proj.weight.shape[0])
+    qkv = [a.q_proj, a.k_proj, a.v_proj]
     pre = (
         layer.input_layernorm.weight,
-        fuse_rows([a.q_proj, a.k_proj, a.v_proj]),
+        _maybe_fp8(qkv, fuse_rows(qkv), qkv_fp8),
         a.q_norm.weight,
         a.k_norm.weight,
         sizes,
     )
+    gate_up = [m.gate_proj, m.up_proj]
     post = (
-        Linear(a.o_proj.weight, a.o_proj.bias),
+        _maybe_fp8([a.o_proj], Linear(a.o_proj.weight, a.o_proj.bias), rest_fp8),
         layer.post_attention_layernorm.weight,
-        fuse_rows([m.gate_proj, m.up_proj]),
-        Linear(m.down_proj.weight, m.down_proj.bias),
+        _maybe_fp8(gate_up, fuse_rows(gate_up), rest_fp8),
+        _maybe_fp8([m.down_proj], Linear(m.down_proj.weight, m.down_proj.bias), rest_fp8),
     )
     return pre, post
+
+
+def _maybe_fp8(modules: Sequence[nn.Linear], lin: Linear, fp8: bool) -> Linear:
+    """``lin`` with its weight quantized per output channel, the modules' 16-bit weights
+    dropped (the fused tensor goes with them); or ``lin`` as it is."""
+    if not fp8:
+        return lin
+    weight, scale = quantize_weight(lin.weight.detach())
+    for mod in modules:
+        mod.weight = None
+    return Linear(weight, lin.bias, scale)
 
 
 def fuse_rows(modules: Sequence[nn.Linear]) -> Linear:

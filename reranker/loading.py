@@ -62,6 +62,7 @@ def load_engine(
         no_id=encoder.no_id,
         attention=settings.attention,
         compile=settings.compile,
+        quantization=settings.quantization,
     )
     if not hf_model.config.tie_word_embeddings:
         hf_model.lm_head = None  # 1.2 GB on the 8B model; the scorer copied the two rows it needs

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
+from . import fp8
 from .attention import Backend, SdpaAttention, select_backend
 from .layers import Linear, prepare_layers
 from .packing import PackedBatch
@@ -74,6 +75,7 @@ class QwenScorer:
         attention: str = "auto",
         compile: bool | None = None,
         numerics: str = "auto",
+        quantization: str = "none",
     ) -> None:
         config = hf_model.config
         if getattr(config, "model_type", None) != "qwen3":
@@ -96,18 +98,24 @@ class QwenScorer:
             raise UnsupportedModelError("attention scaling other than 1/sqrt(head_dim)")
         self.device = self.embed.weight.device
         self.dtype = self.embed.weight.dtype
+        if quantization == "fp8" and (reason := fp8.unsupported_reason(self.device)):
+            raise fp8.FP8UnsupportedError(fp8.requirement(reason))
         self.norm_weight = core.norm.weight.detach().float()
         vocab = hf_model.get_output_embeddings().weight
         if max(yes_id, no_id) >= vocab.shape[0]:
             raise UnsupportedModelError("the yes/no token ids are outside the model's vocabulary")
         self.head = (vocab[yes_id].detach().float() - vocab[no_id].detach().float()).contiguous()
         self.norm_eps = float(config.rms_norm_eps)
-        self.layer_weights = prepare_layers(self.layers)  # fused q/k/v and gate/up
+        # fused q/k/v and gate/up; FP8 if asked (reranker.layers)
+        self.layer_weights = prepare_layers(self.layers, quantization)
+        self.quantization = quantization
         if numerics == "auto":  # float16 lacks the residual stream's range (module docstring)
             numerics = FLOAT32_RESIDUAL.name if self.dtype == torch.float16 else NATIVE.name
         if numerics not in NUMERICS:
             raise ValueError(f"numerics must be auto or one of {', '.join(NUMERICS)}")
         self.numerics = NUMERICS[numerics]
+        if quantization != "none":
+            self.numerics = replace(self.numerics, fp8_emulated=quantization == "fp8-emulated")
         self._pre, self._post = attention_inputs, attention_output_and_mlp
         if compile is None:
             compile = self.device.type == "cuda"
@@ -256,14 +264,27 @@ class Numerics:
     sit near 1e-4); q/k/v are cast to 16-bit for the attention kernel (q and k are RMS-normed;
     v is the one input left that could overflow, and such a segment goes to the safe mode).
     ``float32``: every activation in float32, weights upcast per GEMM (the safe mode).
+
+    A float8 weight (``RERANKER_QUANTIZATION=fp8``, :mod:`reranker.fp8`) meets activations
+    quantized per token; its bfloat16 output is upcast to float32 (``wide``) or cast to the
+    activations' dtype (``native``). The safe mode multiplies float32 activations by the
+    dequantized weight.
     """
 
     name: str
     residual: torch.dtype | None  # None: the weights' dtype
     gemm: str  # native | wide | float32
+    fp8_emulated: bool = False  # float8 GEMMs by the exact emulation (tests), not _scaled_mm
 
     def linear(self, x: torch.Tensor, lin: Linear) -> torch.Tensor:
-        w, b = lin
+        w, b, scale = lin
+        if scale is not None:  # a float8 weight
+            if self.gemm == "float32":
+                b32 = None if b is None else b.float()
+                return F.linear(x.float(), fp8.dequantize(w, scale), b32)
+            y = fp8.linear(x, w, scale, emulate=self.fp8_emulated)
+            y = y.float() if self.gemm == "wide" else y.to(x.dtype)
+            return y if b is None else y + b.to(y.dtype)
         if self.gemm == "native":
             return F.linear(x, w, b)
         if self.gemm == "float32":

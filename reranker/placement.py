@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import fp8
 from .config import DTYPE_NAMES, check_choice, check_device_name
 
 
@@ -30,6 +31,7 @@ def resolve_placement(
     dtype: str | torch.dtype | None = None,
     replicas: int | None = 1,
     attention: str = "auto",
+    quantization: str = "none",
     label: Callable[[str], str] = _same,
 ) -> Placement:
     """Devices and dtype; raises ``ValueError`` naming the field (through ``label``).
@@ -55,6 +57,10 @@ def resolve_placement(
             f"{label('attention')}=varlen needs a CUDA device (FlashAttention), but the model "
             f"would run on {devices[0]}; use auto or sdpa"
         )
+    if quantization == "fp8":
+        for d in dict.fromkeys(devices):
+            if reason := fp8.unsupported_reason(d):
+                raise ValueError(fp8.requirement(reason, label("quantization")))
     if isinstance(dtype, torch.dtype):
         dtype = str(dtype).removeprefix("torch.")
     if not dtype:

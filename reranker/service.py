@@ -59,6 +59,7 @@ class RerankService:
                 dtype=settings.dtype,
                 replicas=settings.replicas,
                 attention=settings.attention,
+                quantization=settings.quantization,
                 label=env_name,
             )
         except ValueError as exc:

@@ -50,9 +50,9 @@ def test_a_layer_runs_four_gemms_on_the_weights_fused_at_load(reranker):
     scorer = reranker.engine.scorer
     prepared = {}
     for pre, post in scorer.layer_weights:
-        qkv, (wo, _), gate_up, (wd, _) = pre[1], post[0], post[2], post[3]
+        qkv, wo, gate_up, down = pre[1], post[0], post[2], post[3]
         prepared |= {qkv.weight.data_ptr(): "qkv", gate_up.weight.data_ptr(): "gate_up"}
-        prepared |= {wo.data_ptr(): "o", wd.data_ptr(): "down"}
+        prepared |= {wo.weight.data_ptr(): "o", down.weight.data_ptr(): "down"}
     encoded = reranker.prepare(reranker.request(QUERY, DOCS)).encoded
     batch = pack([Segment(encoded.prompt_ids(i)) for i in range(len(DOCS))], [], "cpu")
     with Linears() as seen:

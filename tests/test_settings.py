@@ -37,6 +37,8 @@ VALID = [
     ("RERANKER_WARMUP", "YES", True),
     ("RERANKER_COMPILE", "1", True),
     ("RERANKER_COMPILE", "off", False),
+    ("RERANKER_QUANTIZATION", "none", "none"),
+    ("RERANKER_QUANTIZATION", "fp8", "fp8"),
     ("RERANKER_REPLICAS", "2", 2),
     ("RERANKER_MAX_DOCUMENTS", "7", 7),
     ("RERANKER_MAX_DOCUMENT_CHARS", "1000", 1000),
@@ -68,6 +70,8 @@ INVALID = [
     ("RERANKER_MAX_BATCH_TOKENS", "4k", None),
     ("RERANKER_WARMUP", "maybe", None),
     ("RERANKER_COMPILE", "2", None),
+    ("RERANKER_QUANTIZATION", "int8", None),
+    ("RERANKER_QUANTIZATION", "fp8-emulated", None),  # tests only, not a setting
     ("RERANKER_REPLICAS", "-1", None),
     ("RERANKER_MAX_DOCUMENTS", "lots", None),
     ("RERANKER_MAX_DOCUMENT_CHARS", "1.5", None),
@@ -82,9 +86,13 @@ if NO_CUDA:  # on a CPU-only machine these name a device the machine does not ha
     INVALID += [
         ("RERANKER_DEVICE", "cuda", None),
         ("RERANKER_ATTENTION", "varlen", None),
+        ("RERANKER_QUANTIZATION", "fp8", None),
     ]
 # and varlen attention with an explicit CPU device, on any machine
-INVALID_WITH = [({"RERANKER_DEVICE": "cpu"}, "RERANKER_ATTENTION", "varlen")]
+INVALID_WITH = [
+    ({"RERANKER_DEVICE": "cpu"}, "RERANKER_ATTENTION", "varlen"),
+    ({"RERANKER_DEVICE": "cpu"}, "RERANKER_QUANTIZATION", "fp8"),
+]
 
 EVERY_VARIABLE = {f"RERANKER_{f.name.upper()}" for f in fields(Settings)}
 
