@@ -5,8 +5,10 @@ prompt) -> ``tokenization`` (token ids) -> ``scheduler`` + ``batching`` (documen
 caller -> passes under a token budget) -> ``engine`` + ``packing`` (a pass on one replica) ->
 ``model`` + ``attention`` (hidden states -> logits) -> ``scoring`` (scores, ranked results).
 Every caller takes that one road: ``api.Reranker`` (library, CLI) and ``service`` (the Cog
-server) differ only in how they wait. ``config`` holds every setting, ``placement`` picks
-devices and dtype, ``loading`` and ``weights`` find and load the checkpoint.
+server) differ only in how they wait; ``admission`` bounds what is tokenized and queued at
+once. ``config`` holds every setting, ``placement`` picks devices and dtype, ``loading`` and
+``weights`` find and load the checkpoint; ``fp8``, ``layers``, ``faults`` and ``drift`` hold
+the FP8 GEMMs, the fused layer weights, the GPU-fault rule and the dtype drift check.
 
 Names are imported lazily so that ``rerank --help`` and argument errors do not wait for torch.
 """
