@@ -19,7 +19,11 @@ def server(model_dir):
 def test_setup_logs_what_was_loaded(server, model_dir):
     logs = server.health()["setup"]["logs"]
     assert f"RERANKER_MODEL (local directory) -> {model_dir}" in logs
-    assert f"loaded {model_dir} on cpu in float32" in logs
+    # The last line setup writes can miss the health check's copy of the setup logs: coglet
+    # 0.23.1 closes that copy when the worker reports "Setup complete", and stderr still in
+    # the pipe then lands only in the server's own log (seen once under load in CI).
+    loaded = f"loaded {model_dir} on cpu in float32"
+    assert loaded in logs or loaded in server.logs()
 
 
 def test_good_request_matches_the_library(server, reranker):
