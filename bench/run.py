@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import gc
 import json
 import os
@@ -286,7 +287,13 @@ def aten_varlen(scorer) -> VarlenAttention | None:
 
 
 def ours(
-    model, encoder, settings: Settings, attention: str = "auto", compile=None, numerics="auto"
+    model,
+    encoder,
+    settings: Settings,
+    attention: str = "auto",
+    compile=None,
+    numerics="auto",
+    quantization="none",
 ) -> Reranker:
     scorer = QwenScorer(
         model,
@@ -295,6 +302,7 @@ def ours(
         attention=attention,
         compile=compile,
         numerics=numerics,
+        quantization=quantization,
     )
     engine = Engine(
         scorer,
@@ -375,7 +383,7 @@ def main() -> None:
     p.add_argument(
         "--skip",
         default="",
-        help="sections to skip: sdpa,numerics,sweep,concurrency,bf16 (drift vs float32, bfloat16)",
+        help="sections to skip: sdpa,numerics,sweep,concurrency,fp8,bf16 (drift, bfloat16)",
     )
     args = p.parse_args()
     device, quick, out = args.device, args.quick, args.out
@@ -507,6 +515,18 @@ def main() -> None:
         with section("cross-request batching", report, out):
             n = 16 if quick else 64
             rows += concurrency_rows(rr, tokenizer, device, [1, 4, 16, 32], n, 16, median=100)
+
+    if "fp8" not in skip and (device == "cuda" or quick):
+        with section("FP8 (experimental): RERANKER_QUANTIZATION=fp8", report, out):
+            # quantizing drops the model's 16-bit layer weights: work on a copy. On CPU (with
+            # --quick) the exact emulation runs instead, only to prove the section runs.
+            mode = "fp8" if device == "cuda" else "fp8-emulated"
+            rq = ours(copy.deepcopy(model), encoder, Settings(), quantization=mode)
+            for w in work[:2]:
+                ref = references.get(w.name)
+                run(f"reranker {mode}", lambda w=w: ours_scores(rq, w), w, True, ref, r=rq)
+                run(f"reranker {dtype_name}", lambda w=w: ours_scores(rr, w), w, True, ref)
+            del rq
 
     if "bf16" not in skip:
         with section("drift against float32 (random weights), bfloat16", report, out):
