@@ -12,26 +12,22 @@ views of the same fused weights.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 import workloads  # noqa: E402
-from run import build_model, ours  # noqa: E402
+from run import cpu_scale_setup, ours  # noqa: E402
 
-from devtools.offline import build_tokenizer  # noqa: E402
 from reranker import Settings  # noqa: E402
 from reranker.layers import Linear  # noqa: E402
 from reranker.model import _rotate  # noqa: E402
-from reranker.tokenization import PromptEncoder  # noqa: E402
 
 
 def unfused_inputs(h, ln, wq, wk, wv, qn, kn, cos, sin, eps, nx):
@@ -68,13 +64,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--reps", type=int, default=5)
     args = p.parse_args()
-    print(
-        f"# {time.strftime('%Y-%m-%d %H:%M %Z')} | cpu ({platform.machine()}, "
-        f"{torch.get_num_threads()} threads) | torch {torch.__version__} | CPU_SCALE float32"
-    )
-    tokenizer = build_tokenizer()
-    encoder = PromptEncoder(tokenizer)
-    model = build_model("cpu", torch.float32, quick=False)
+    tokenizer, encoder, model = cpu_scale_setup()
     fused = ours(model, encoder, Settings())
     unfused = ours(model, encoder, Settings())
     unfuse(unfused)

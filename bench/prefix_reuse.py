@@ -10,33 +10,22 @@ should be no slower than either.
 
 from __future__ import annotations
 
-import platform
 import resource
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 import workloads  # noqa: E402
-from run import build_model, ours  # noqa: E402
+from run import cpu_scale_setup, ours  # noqa: E402
 
-from devtools.offline import build_tokenizer  # noqa: E402
 from reranker import Settings  # noqa: E402
-from reranker.tokenization import PromptEncoder  # noqa: E402
 
 
 def main() -> None:
-    print(
-        f"# {time.strftime('%Y-%m-%d %H:%M %Z')} | cpu ({platform.machine()}, "
-        f"{torch.get_num_threads()} threads) | torch {torch.__version__} | CPU_SCALE float32"
-    )
-    tokenizer = build_tokenizer()
-    encoder = PromptEncoder(tokenizer)
-    model = build_model("cpu", torch.float32, quick=False)
+    tokenizer, encoder, model = cpu_scale_setup()
     short = workloads.short(tokenizer, n=400)
     (long_doc,) = workloads.long(tokenizer, 8192).documents
     docs = [*short.documents[:200], long_doc, *short.documents[200:]]

@@ -265,6 +265,16 @@ def build_model(device: str, dtype: torch.dtype, quick: bool):
     return model.eval().requires_grad_(False)
 
 
+def cpu_scale_setup():
+    """The CPU benches' header line, tokenizer, encoder and CPU-scale float32 model."""
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M %Z')} | cpu ({platform.machine()}, "
+        f"{torch.get_num_threads()} threads) | torch {torch.__version__} | CPU_SCALE float32"
+    )
+    tokenizer = build_tokenizer()
+    return tokenizer, PromptEncoder(tokenizer), build_model("cpu", torch.float32, quick=False)
+
+
 def aten_varlen(scorer) -> VarlenAttention | None:
     """The ATen flash varlen op as a backend, if it passes the reference check."""
     kernel = dict(find_varlen_kernels()).get("aten._flash_attention_forward")
