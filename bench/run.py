@@ -43,7 +43,7 @@ from reference import Recipe, format_instruction  # noqa: E402
 from devtools.offline import CPU_SCALE, QWEN3_8B, build_tokenizer, qwen3_config  # noqa: E402
 from reranker import Reranker, RerankRequest, Settings, drift  # noqa: E402
 from reranker.attention import VarlenAttention, _self_check, find_varlen_kernels  # noqa: E402
-from reranker.engine import Engine  # noqa: E402
+from reranker.loading import engine_for  # noqa: E402
 from reranker.model import QwenScorer  # noqa: E402
 from reranker.scheduler import Scheduler  # noqa: E402
 from reranker.tokenization import PromptEncoder  # noqa: E402
@@ -314,11 +314,7 @@ def ours(
         numerics=numerics,
         quantization=quantization,
     )
-    engine = Engine(
-        scorer,
-        max_batch_tokens=settings.batch_tokens(scorer.device.type),
-        prefix_reuse=settings.prefix_reuse,
-    )
+    engine = engine_for(scorer, settings)
     if scorer.device.type == "cuda":
         engine.warmup()
     return Reranker([engine], encoder, limits=settings.limits)

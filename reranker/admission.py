@@ -26,7 +26,7 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
@@ -238,22 +238,27 @@ class Admission:
 
     @contextmanager
     def admit_blocking(
-        self, request: RerankRequest, prepare: Callable[[RerankRequest], PreparedRequest]
-    ) -> Iterator[Admitted]:
-        """:meth:`admit` for a blocking caller (tokenizes in the caller's thread)."""
+        self,
+        requests: Sequence[RerankRequest],
+        prepare: Callable[[RerankRequest], PreparedRequest],
+    ) -> Iterator[list[Admitted]]:
+        """:meth:`admit` for a blocking caller, for several requests admitted as one (they
+        wait once, for their characters and tokens together); tokenizes in the caller's
+        thread."""
         clock = _Clock(self.timeout)
-        chars = request_chars(request)
+        chars = sum(map(request_chars, requests))
         clock.wait_blocking(self.chars, chars, "characters", "max_chars_in_flight")
         try:
-            started = time.perf_counter()
-            prepared = prepare(request)
-            tokenize_seconds = time.perf_counter() - started
-            tokens = prepared.num_tokens
+            prepared: list[tuple[PreparedRequest, float]] = []
+            for request in requests:
+                started = time.perf_counter()
+                prepared.append((prepare(request), time.perf_counter() - started))
+            tokens = sum(p.num_tokens for p, _ in prepared)
             clock.wait_blocking(self.tokens, tokens, "tokens", "max_tokens_in_flight")
         finally:
             self.chars.release(chars)
         try:
-            yield Admitted(prepared, clock.waited, tokenize_seconds)
+            yield [Admitted(p, clock.waited, seconds) for p, seconds in prepared]
         finally:
             self.tokens.release(tokens)
 

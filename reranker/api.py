@@ -11,8 +11,8 @@ document in input order; ``rank`` is the sort-and-slice over the same logits.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ import torch
 from .admission import Admission, Admitted
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, Limits, Settings
 from .engine import Engine
-from .loading import ModelLoadError, load_encoder, load_engine
+from .loading import ModelLoadError, engine_for, load_encoder, load_engine
 from .placement import Placement, resolve_placement
 from .progress import ProgressBar
 from .request import PreparedRequest, RerankRequest, prepare
@@ -93,14 +93,7 @@ class Reranker:
     def with_settings(self, settings: Settings) -> Reranker:
         """The same loaded model and tokenizer under other limits, budget or prefix reuse
         (the attention backend and dtype stay as loaded)."""
-        engines = [
-            Engine(
-                e.scorer,
-                max_batch_tokens=settings.batch_tokens(e.scorer.device.type),
-                prefix_reuse=settings.prefix_reuse,
-            )
-            for e in self.engines
-        ]
+        engines = [engine_for(e.scorer, settings) for e in self.engines]
         return Reranker(
             engines,
             self.encoder,
@@ -169,7 +162,7 @@ class Reranker:
     def rerank(self, request: RerankRequest, *, show_progress_bar: bool = False) -> RerankResult:
         """Rank one request's documents (its ``top_k`` and ``return_documents`` apply)."""
         check_bool("show_progress_bar", show_progress_bar)
-        with self.admission.admit_blocking(request, self.prepare) as admitted:
+        with self.admission.admit_blocking([request], self.prepare) as (admitted,):
             prepared = admitted.prepared
             bar = ProgressBar(len(request.documents)) if show_progress_bar else None
             try:
@@ -248,31 +241,47 @@ class Reranker:
         groups: dict[str, list[int]] = {}
         for i, (query, _) in enumerate(checked):
             groups.setdefault(query, []).append(i)
-        prepared = []
+        requests: list[RerankRequest] = []
         for query, members in groups.items():
-            try:
-                request = self.request(
-                    query,
-                    [checked[i][1] for i in members],
-                    instruction=instruction,
-                    max_length=max_length,
-                    batch_size=batch_size,
+            with _naming_pairs(members):
+                requests.append(
+                    self.request(
+                        query,
+                        [checked[i][1] for i in members],
+                        instruction=instruction,
+                        max_length=max_length,
+                        batch_size=batch_size,
+                    )
                 )
-                prepared.append(self.prepare(request))
-            except ValueError as exc:  # name the pairs, not a request the caller never made
-                raise ValueError(
-                    f"pairs[{members[0]}] and the pairs sharing its query: {exc}"
-                ) from None
-        bar = ProgressBar(len(checked)) if show_progress_bar else None
-        try:
-            results = self.scheduler.logits_sync_many(
-                [p.encoded for p in prepared], batch_size=batch_size, on_progress=bar
-            )
-        finally:
-            if bar is not None:
-                bar.close()
+        members_of = {id(r): m for r, m in zip(requests, groups.values(), strict=True)}
+
+        def prepare_group(request: RerankRequest) -> PreparedRequest:
+            with _naming_pairs(members_of[id(request)]):
+                return self.prepare(request)
+
+        # all groups are admitted as one: they are in flight together
+        with self.admission.admit_blocking(requests, prepare_group) as admitted:
+            prepared = [a.prepared for a in admitted]
+            bar = ProgressBar(len(checked)) if show_progress_bar else None
+            try:
+                results = self.scheduler.logits_sync_many(
+                    [p.encoded for p in prepared], batch_size=batch_size, on_progress=bar
+                )
+            finally:
+                if bar is not None:
+                    bar.close()
         scores = [0.0] * len(checked)
         for p, members, (unique, _) in zip(prepared, groups.values(), results, strict=True):
             for i, logit in zip(members, p.expand(unique), strict=True):
                 scores[i] = sigmoid(logit)
         return np.asarray(scores, dtype=np.float64) if convert_to_numpy else scores
+
+
+@contextmanager
+def _naming_pairs(members: Sequence[int]) -> Iterator[None]:
+    """Name the pairs in an error about one query's group, not a request the caller never
+    made."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ValueError(f"pairs[{members[0]}] and the pairs sharing its query: {exc}") from None

@@ -18,7 +18,7 @@ from typing import TypeVar
 import torch
 
 from .batching import plan_passes, split_in_half
-from .config import PREFIX_REUSE_NAMES, check_choice
+from .config import PREFIX_REUSE_NAMES, Settings, check_choice
 from .model import ContextKV, QwenScorer
 from .packing import Segment, pack
 from .tokenization import EncodedRequest
@@ -34,7 +34,15 @@ class DocumentTooLargeError(RuntimeError):
 
 
 class BudgetTooLargeError(RuntimeError):
-    """The configured token budget does not fit on this device (found at warm-up)."""
+    """The configured token budgets do not fit on this device (found at warm-up)."""
+
+    def __init__(self, detail: str, settings: tuple[str, ...]) -> None:
+        self.detail, self.settings = detail, settings  # what did not fit; what to lower
+        super().__init__(f"{detail}; lower {' or '.join(settings)}")
+
+    def naming(self, name: Callable[[str], str]) -> BudgetTooLargeError:
+        """The same error with each setting called ``name(setting)`` (an env variable)."""
+        return BudgetTooLargeError(self.detail, tuple(map(name, self.settings)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,11 +74,18 @@ class Engine:
     """One model replica: runs the passes the scheduler plans, within ``max_batch_tokens``."""
 
     def __init__(
-        self, scorer: QwenScorer, *, max_batch_tokens: int, prefix_reuse: str = "auto"
+        self,
+        scorer: QwenScorer,
+        *,
+        max_batch_tokens: int,
+        prefix_reuse: str = "auto",
+        max_prefix_tokens: int = Settings.max_prefix_tokens,
     ) -> None:
         self.scorer = scorer
         self.max_batch_tokens = check_int("max_batch_tokens", max_batch_tokens, low=1)
         self.prefix_reuse = check_choice("prefix_reuse", prefix_reuse, PREFIX_REUSE_NAMES)
+        # cached prefix tokens the scheduler lets this replica hold at once (see scheduler)
+        self.max_prefix_tokens = check_int("max_prefix_tokens", max_prefix_tokens, low=1)
         self.passes = 0  # forward passes run so far (a counter for metrics)
         self.rescored = 0  # prompts re-scored with float32 activations after an overflow
 
@@ -185,17 +200,13 @@ class Engine:
     # -- setup ---------------------------------------------------------------------------
 
     def warmup(self) -> None:
-        """One pass at the full token budget, continuing a context, so that a budget too large
-        for this card fails at boot rather than on a user's request."""
-        budget = self.max_batch_tokens
-        filler = 13  # any ordinary token id
+        """One pass at the full token budget, continuing a context, while as many cached
+        prefix tokens as the scheduler may keep are held: a budget too large for this card
+        fails at boot rather than on a user's request."""
         try:
-            (context,) = self._context_pass([Item((filler,) * 64)])
-            self._score_pass([Item((filler,) * budget, context)])
-            # one and several segments: settles compiled graphs (if any) before real traffic
-            self._score_pass([Item((filler,) * 7, context), Item((filler,) * 5)])
+            self._warmup_passes()
         except torch.OutOfMemoryError:
-            pass
+            pass  # leave the except block first so the failed pass's tensors can be freed
         else:
             return
         self.release_memory()
@@ -204,6 +215,15 @@ class Engine:
             free_bytes, total = torch.cuda.mem_get_info(self.scorer.device)
             free = f" ({free_bytes / 2**30:.1f} of {total / 2**30:.1f} GiB free after loading)"
         raise BudgetTooLargeError(
-            f"a pass of {budget} tokens does not fit on {self.scorer.device}{free}; "
-            "lower max_batch_tokens"
+            f"a pass of {self.max_batch_tokens} tokens beside {self.max_prefix_tokens} cached "
+            f"prefix tokens does not fit on {self.scorer.device}{free}",
+            ("max_batch_tokens", "max_prefix_tokens"),
         )
+
+    def _warmup_passes(self) -> None:
+        filler = 13  # any ordinary token id
+        (context,) = self._context_pass([Item((filler,) * 64)])
+        held = self.scorer.empty_context(self.max_prefix_tokens)  # noqa: F841 (kept alive)
+        self._score_pass([Item((filler,) * self.max_batch_tokens, context)])
+        # one and several segments: settles compiled graphs (if any) before real traffic
+        self._score_pass([Item((filler,) * 7, context), Item((filler,) * 5)])

@@ -66,20 +66,29 @@ def load_engine(
     )
     if not hf_model.config.tie_word_embeddings:
         hf_model.lm_head = None  # 1.2 GB on the 8B model; the scorer copied the two rows it needs
-    engine = Engine(
-        scorer,
-        max_batch_tokens=settings.batch_tokens(device.type),
-        prefix_reuse=settings.prefix_reuse,
-    )
+    engine = engine_for(scorer, settings)
     if settings.warmup and device.type == "cuda":
         engine.warmup()
     log.info(
-        "loaded %s on %s in %s (attention: %s, %d tokens per pass) in %.1fs",
+        "loaded %s on %s in %s (attention: %s, %d tokens per pass, up to %d cached prefix "
+        "tokens = %.2f GiB) in %.1fs",
         source,
         device,
         str(dtype).removeprefix("torch."),
         scorer.attention.name,
         engine.max_batch_tokens,
+        engine.max_prefix_tokens,
+        engine.max_prefix_tokens * scorer.kv_bytes_per_token / 2**30,
         time.perf_counter() - started,
     )
     return engine
+
+
+def engine_for(scorer: QwenScorer, settings: Settings) -> Engine:
+    """The engine over a loaded scorer with the settings' budgets (no warm-up)."""
+    return Engine(
+        scorer,
+        max_batch_tokens=settings.batch_tokens(scorer.device.type),
+        prefix_reuse=settings.prefix_reuse,
+        max_prefix_tokens=settings.max_prefix_tokens,
+    )

@@ -179,12 +179,25 @@ class QwenScorer:
             raise ValueError("a context cannot itself continue a context")
         captured: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._run(batch, (), captured, self.numerics, self.attention)
-        k = torch.stack([kv[0] for kv in captured])
-        v = torch.stack([kv[1] for kv in captured])
         out = []
         for start, n in zip(batch.starts, batch.lengths, strict=True):
-            out.append(ContextKV(k[:, start : start + n].clone(), v[:, start : start + n].clone()))
+            # each context copied out on its own: no pass-sized stack of every layer at once
+            k = torch.stack([kv[0][start : start + n] for kv in captured])
+            v = torch.stack([kv[1][start : start + n] for kv in captured])
+            out.append(ContextKV(k, v))
         return out
+
+    def empty_context(self, num_tokens: int) -> ContextKV:
+        """Uninitialized room for a cached context of ``num_tokens`` (the warm-up holds it)."""
+        shape = (len(self.layers), num_tokens, self.num_kv_heads, self.head_dim)
+        k = torch.empty(shape, dtype=self.dtype, device=self.device)
+        return ContextKV(k, torch.empty_like(k))
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Device memory one cached context token takes (keys and values of every layer)."""
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * len(self.layers) * self.num_kv_heads * self.head_dim * itemsize
 
     # -- the layer loop ------------------------------------------------------------------
 

@@ -6,7 +6,11 @@ queue holds the pending documents of every request in flight. A pass is filled r
 from the waiting requests (so a 5,000-document request cannot starve a 10-document one) under
 the replica's token budget (:class:`~reranker.batching.PassFill`), and each request gets its
 own logits back, in input order. A request's shared prompt prefix is computed once per
-replica that serves it.
+replica that serves it, and its keys and values stay on that replica's device until the
+request ends. Those are the only device memory that grows with the number of requests, so
+each replica holds at most ``Engine.max_prefix_tokens`` of them: a request whose prefix does
+not fit waits (arrival order, no overtaking) until earlier requests end; one larger than the
+whole bound runs when the replica holds none.
 
 Async callers are served by one worker thread per replica, started on first use. A blocking
 caller with no workers running drives the passes itself, in its own thread, so the library
@@ -68,6 +72,7 @@ class _Request:
     logits: list[float | None]
     remaining: int
     contexts: dict[int, ContextKV] = field(default_factory=dict)  # replica -> prefix KV
+    prefix_room: set[int] = field(default_factory=set)  # replicas holding room for the prefix
     cancelled: bool = False
     stats: RequestStats = field(default_factory=RequestStats)
 
@@ -95,6 +100,9 @@ class Scheduler:
         self._replica_locks = [threading.Lock() for _ in self.engines]  # one pass at a time
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self._prefix_held = [0] * len(self.engines)  # per replica: cached prefix tokens
+        self.prefix_peak = [0] * len(self.engines)  # the most each replica ever held
+        self._changes = 0  # bumped whenever work or room appears; idle passes wait for it
 
     # -- callers ---------------------------------------------------------------------------
 
@@ -169,7 +177,9 @@ class Scheduler:
             unfinished = len(reqs)
             while unfinished:
                 while events.empty() and not self._threads:
-                    self._step(0)  # each pass a request is waiting on posts an event
+                    seen = self._change_count()
+                    if not self._step(0):  # each pass a request is waiting on posts an event
+                        self._wait_for_change(seen, timeout=0.1)
                 i, (kind, payload) = events.get()
                 if kind == "error":
                     raise payload
@@ -191,12 +201,20 @@ class Scheduler:
             req.pending.clear()
             if req in self._waiting:
                 self._waiting.remove(req)
-            req.contexts.clear()
+            self._release_prefix(req)
+            self._changed()  # a request waiting for room may no longer wait behind this one
             return dropped
 
-    def close(self) -> None:
-        """Stop the worker threads after their current pass; requests with documents still
-        queued fail with a clear error rather than wait for passes that will never run."""
+    def prefix_held(self, replica: int) -> int:
+        """Cached prefix tokens ``replica`` holds room for now."""
+        with self._cond:
+            return self._prefix_held[replica]
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop the worker threads after their current pass and wait for them (up to
+        ``timeout`` seconds each, so that none is still inside torch when the interpreter
+        exits); requests with documents still queued fail with a clear error rather than
+        wait for passes that will never run."""
         with self._cond:
             self._closed = True
             waiting = list(self._waiting)
@@ -204,6 +222,9 @@ class Scheduler:
         for req in waiting:
             self.cancel(req)
             req.post(("error", RuntimeError("the reranker is shut down")))
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout)
 
     @property
     def queued_documents(self) -> int:
@@ -227,7 +248,7 @@ class Scheduler:
             if self._closed:
                 raise RuntimeError("the reranker is shut down")
             self._waiting.append(req)
-            self._cond.notify_all()
+            self._changed()
         return req
 
     # -- passes (worker threads, or a blocking caller) --------------------------------------
@@ -252,14 +273,33 @@ class Scheduler:
                     self._cond.wait()
                 if self._closed:
                     return
-            self._step(replica)
+                seen = self._changes
+            if not self._step(replica):  # everything waiting waits for prefix room
+                self._wait_for_change(seen)
 
-    def _step(self, replica: int) -> None:
-        """Fill one pass from the queue and run it on ``replica`` (if anything waits)."""
+    def _changed(self) -> None:
+        """Work or prefix room appeared (called under the lock)."""
+        self._changes += 1
+        self._cond.notify_all()
+
+    def _change_count(self) -> int:
+        with self._cond:
+            return self._changes
+
+    def _wait_for_change(self, seen: int, timeout: float | None = None) -> None:
+        with self._cond:
+            if self._changes == seen and not self._closed:
+                self._cond.wait(timeout)
+
+    def _step(self, replica: int) -> bool:
+        """Fill one pass from the queue and run it on ``replica``; False if nothing could be
+        taken (nothing waits, or everything waiting waits for prefix room there)."""
         engine = self.engines[replica]
         with self._replica_locks[replica]:
             with self._cond:
-                picks = self._take(engine.max_batch_tokens)
+                picks = self._take(replica)
+            if not picks:
+                return False
             try:
                 self._run(engine, replica, picks)
             except BaseException as exc:  # a bug or an interrupt: answer every request in it
@@ -268,24 +308,40 @@ class Scheduler:
                     req.post(("error", RuntimeError(f"internal error while scoring: {exc}")))
                 if not isinstance(exc, Exception):
                     raise
+        return True
 
-    def _take(self, budget: int) -> list[tuple[_Request, int]]:
-        """Fill one pass round-robin from the waiting requests (called under the lock).
+    def _take(self, replica: int) -> list[tuple[_Request, int]]:
+        """Fill one pass for ``replica`` round-robin from the waiting requests (called under
+        the lock).
 
-        A pass holds at most the smallest ``batch_size`` among the requests it serves.
+        A pass holds at most the smallest ``batch_size`` among the requests it serves. A
+        request whose prefix needs room the replica cannot give now is skipped, and so is
+        every later one that needs room (first come, first served).
         """
         picks: list[tuple[_Request, int]] = []
-        fill = PassFill(budget, 1 << 30)
+        fill = PassFill(self.engines[replica].max_batch_tokens, 1 << 30)
+        skipped: set[int] = set()  # ids of requests waiting for prefix room
         for req in itertools.cycle(list(self._waiting)):
-            if not self._waiting:
+            if len(skipped) == len(self._waiting):  # also ends the loop when none wait
                 break
+            if id(req) in skipped:
+                continue
             if not req.pending:
                 if req in self._waiting:
                     self._waiting.remove(req)
                 continue
             doc = req.pending[0]
+            needs_room = req.reuse[doc] and replica not in req.prefix_room
+            if needs_room and (skipped or not self._room(req, replica)):
+                skipped.add(id(req))
+                continue
             if not fill.admits(req.cost(doc)):
                 break
+            if needs_room:
+                req.prefix_room.add(replica)
+                self._prefix_held[replica] += len(req.encoded.context)
+                peak = max(self.prefix_peak[replica], self._prefix_held[replica])
+                self.prefix_peak[replica] = peak
             req.pending.popleft()
             picks.append((req, doc))
             fill.add(req.cost(doc))
@@ -293,6 +349,21 @@ class Scheduler:
             if not req.pending:
                 self._waiting.remove(req)
         return picks
+
+    def _room(self, req: _Request, replica: int) -> bool:
+        """Whether ``req``'s prefix fits beside what ``replica`` holds (or it holds none)."""
+        held = self._prefix_held[replica]
+        limit = self.engines[replica].max_prefix_tokens
+        return held == 0 or held + len(req.encoded.context) <= limit
+
+    def _release_prefix(self, req: _Request) -> None:
+        """Drop the request's cached prefixes and give back their room (under the lock)."""
+        req.contexts.clear()
+        for replica in req.prefix_room:
+            self._prefix_held[replica] -= len(req.encoded.context)
+        if req.prefix_room:
+            req.prefix_room.clear()
+            self._changed()
 
     def _run(self, engine: Engine, replica: int, picks: list[tuple[_Request, int]]) -> None:
         picks = [(r, d) for r, d in picks if not r.cancelled]
@@ -321,6 +392,9 @@ class Scheduler:
             requests[0].post(("error", exc))
             return
         elapsed = time.perf_counter() - started
+        for r in requests:
+            if r.cancelled:  # cancelled during the pass: its prefix's room is already given back
+                r.contexts.clear()
         done: dict[int, list[int]] = {}
         for (r, d), value, item in zip(picks, result.logits, items, strict=True):
             r.logits[d] = value
@@ -338,7 +412,8 @@ class Scheduler:
                 self.cancel(r)
                 r.post(("error", non_finite_error(engine)))
             elif r.remaining == 0:
-                r.contexts.clear()
+                with self._cond:
+                    self._release_prefix(r)
                 r.post(("done", len(r.logits)))
             else:
                 r.post(("progress", len(r.logits) - r.remaining))

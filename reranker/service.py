@@ -68,7 +68,7 @@ class RerankService:
         try:
             reranker = Reranker.from_placement(weights.path, placement, settings)
         except BudgetTooLargeError as exc:
-            raise BudgetTooLargeError(f"{env_name('max_batch_tokens')}: {exc}") from None
+            raise exc.naming(env_name) from None
         return cls(reranker)
 
     @property

@@ -7,25 +7,32 @@ import torch
 
 from reranker import Reranker, Settings
 from reranker.batching import plan_passes
+from reranker.config import env_name
 from reranker.engine import BudgetTooLargeError, DocumentTooLargeError, Engine
+from reranker.loading import engine_for
 
 QUERY = "what is a reranker?"
 DOCS = [f"document number {i} " * (1 + i % 7) for i in range(24)]
 
 
 class SmallDevice:
-    """The real scorer on a pretend device that holds at most ``limit`` tokens per pass:
-    bigger passes raise the same OutOfMemoryError CUDA raises."""
+    """The real scorer on a pretend device that holds at most ``limit`` tokens per pass,
+    less the context room taken with ``empty_context`` (never given back): bigger passes
+    raise the same OutOfMemoryError CUDA raises."""
 
     def __init__(self, scorer, limit: int):
-        self._scorer, self.limit, self.calls = scorer, limit, []
+        self._scorer, self.limit, self.calls, self.held = scorer, limit, [], 0
 
     def __getattr__(self, name):
         return getattr(self._scorer, name)
 
+    def empty_context(self, num_tokens):
+        self.held += num_tokens
+        return self._scorer.empty_context(num_tokens)
+
     def _check(self, batch):
         self.calls.append(batch.num_tokens)
-        if batch.num_tokens > self.limit:
+        if batch.num_tokens + self.held > self.limit:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
     def logits(self, batch, contexts=()):
@@ -38,8 +45,7 @@ class SmallDevice:
 
 
 def engine_over(scorer, **settings) -> Engine:
-    s = Settings(**settings)
-    return Engine(scorer, max_batch_tokens=s.batch_tokens("cpu"), prefix_reuse=s.prefix_reuse)
+    return engine_for(scorer, Settings(**settings))
 
 
 def constrained(reranker, limit, **settings):
@@ -75,13 +81,46 @@ def test_a_single_prompt_too_large_fails_clearly(reranker):
         small.score(QUERY, ["long " * 200, "short"])
 
 
+WARMUP_ERROR = (
+    r"^a pass of 4096 tokens beside 500 cached prefix tokens does not fit on cpu; "
+    r"lower max_batch_tokens or max_prefix_tokens$"
+)
+
+
 def test_warmup_fails_at_boot_when_the_budget_does_not_fit(reranker):
-    small, _ = constrained(reranker, limit=1000, max_batch_tokens=4096)
-    with pytest.raises(BudgetTooLargeError, match=r"^a pass of 4096 tokens does not fit on cpu"):
+    small, _ = constrained(reranker, limit=1000, max_batch_tokens=4096, max_prefix_tokens=500)
+    with pytest.raises(BudgetTooLargeError, match=WARMUP_ERROR):
         small.engine.warmup()
-    fits, device = constrained(reranker, limit=5000, max_batch_tokens=4096)
+    fits, device = constrained(reranker, limit=5000, max_batch_tokens=4096, max_prefix_tokens=500)
     fits.engine.warmup()
     assert max(device.calls) == 4096  # the warm-up pass runs the whole budget
+
+
+def test_the_service_names_the_variables_to_lower(reranker):
+    small, _ = constrained(reranker, limit=1000, max_batch_tokens=4096, max_prefix_tokens=500)
+    with pytest.raises(BudgetTooLargeError) as caught:
+        small.engine.warmup()
+    assert str(caught.value.naming(env_name)).endswith(
+        "; lower RERANKER_MAX_BATCH_TOKENS or RERANKER_MAX_PREFIX_TOKENS"
+    )
+
+
+def test_warmup_holds_the_prefix_room_while_it_runs_the_budget(reranker):
+    """The pass fits alone but not beside the cached prefixes the scheduler may keep.
+    Fault seen failing: a warm-up that does not hold that room (it passes at boot)."""
+    small, device = constrained(reranker, limit=4200, max_batch_tokens=4096, max_prefix_tokens=500)
+    with pytest.raises(BudgetTooLargeError, match=WARMUP_ERROR):
+        small.engine.warmup()
+    assert device.held == 500
+
+
+def test_the_prefix_room_is_what_a_cached_context_takes(reranker):
+    scorer = reranker.engine.scorer
+    (context,) = reranker.engine.contexts([[13] * 9])
+    used = context.k.element_size() * (context.k.numel() + context.v.numel())
+    assert scorer.kv_bytes_per_token * 9 == used
+    room = scorer.empty_context(9)
+    assert (room.k.shape, room.k.dtype) == (context.k.shape, context.k.dtype)
 
 
 @pytest.mark.parametrize(
@@ -130,3 +169,14 @@ def test_compile_failure_falls_back_to_eager(model_dir, reranker, monkeypatch):
     assert compiled.rank(QUERY, DOCS) == reranker.rank(QUERY, DOCS)
     # each compiled function was tried once, then never again
     assert sorted(tried) == ["attention_inputs", "attention_output_and_mlp"]
+
+
+def test_the_settings_reach_every_engine(reranker):
+    """Fault seen failing: engine_for dropping max_prefix_tokens (the default stays)."""
+    settings = Settings(device="cpu", max_batch_tokens=77, prefix_reuse="off", max_prefix_tokens=9)
+    for engine in reranker.with_settings(settings).engines:
+        assert (engine.max_batch_tokens, engine.prefix_reuse, engine.max_prefix_tokens) == (
+            77,
+            "off",
+            9,
+        )

@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 from reference import Recipe
 
+from reranker import Settings
+from reranker.admission import AdmissionTimeout, request_chars
+
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 PAIRS = [
@@ -73,6 +76,39 @@ def test_predict_groups_by_query_and_shares_passes(reranker):
 def test_bad_pairs_name_the_pair(reranker, pairs, message):
     with pytest.raises(ValueError, match=message):
         reranker.predict(pairs)
+
+
+def test_a_group_over_its_token_limit_names_the_pairs(reranker):
+    """Token limits are found while tokenizing, inside admission; the error still names the
+    pairs. Fault seen failing: prepare errors raised unnamed."""
+    small = reranker.with_settings(Settings(device="cpu", max_request_tokens=100))
+    pairs = [("short", "a"), ("long", "word " * 80)]
+    with pytest.raises(ValueError, match=r"^pairs\[1\] and the pairs sharing its query: documents"):
+        small.predict(pairs)
+    assert small.admission.tokens.in_use == small.admission.chars.in_use == 0
+
+
+def test_all_groups_are_admitted_together_under_the_in_flight_bounds(reranker):
+    """The groups hold the in-flight bounds as one request would, so pair calls from many
+    threads cannot pass them. Faults seen failing: predict() preparing its groups outside
+    admission (peak 0, and no wait behind a held bound)."""
+    bounded = reranker.with_settings(Settings(device="cpu", admission_timeout=1))
+    prepared = [
+        bounded.prepare(bounded.request(q, [d for qq, d in PAIRS if qq == q]))
+        for q in dict.fromkeys(q for q, _ in PAIRS)
+    ]
+    chars = sum(request_chars(p.request) for p in prepared)
+    bounded.predict(PAIRS)
+    assert bounded.admission.tokens.peak == sum(p.num_tokens for p in prepared)
+    assert bounded.admission.chars.peak == chars
+    gate = bounded.admission.chars
+    gate.acquire_blocking(gate.capacity)  # another caller holds the whole bound
+    try:
+        with pytest.raises(AdmissionTimeout, match="RERANKER_MAX_CHARS_IN_FLIGHT"):
+            bounded.predict(PAIRS)
+    finally:
+        gate.release(gate.capacity)
+    assert gate.in_use == bounded.admission.tokens.in_use == 0
 
 
 def readme_examples() -> list[str]:

@@ -292,7 +292,7 @@ def test_close_fails_the_requests_still_queued(reranker):
             task = asyncio.create_task(scheduler.logits(encoded, batch_size=1))
             while not scheduler._waiting:
                 await asyncio.sleep(0)
-            scheduler.close()
+            scheduler.close(timeout=0)  # the worker waits for the lock held here: no join
         return await asyncio.wait_for(task, timeout=30)
 
     with pytest.raises(RuntimeError, match=r"^the reranker is shut down$"):
@@ -333,3 +333,71 @@ def test_the_final_progress_line_is_shown_once_when_the_loop_lags(service):
     docs = [f"lagging {i} " + d for i, d in enumerate(docs_for(10, 60))]
     asyncio.run(ask(service, query="q", documents=docs, batch_size=1, say=slow_say))
     assert sum(line.startswith("scored 60/60 ") for line in lines) == 1, lines
+
+
+# -- the bound on cached prefixes (device memory that grows with requests in flight) -------
+
+
+def long_query(words: int) -> str:
+    return " ".join(f"term{i}" for i in range(words))
+
+
+def test_cached_prefixes_stay_within_the_bound_and_results_match_solo(reranker):
+    """Twelve requests with long queries at once, on a replica that may keep about three of
+    their prefixes: the cached tokens never pass the bound, a prefix larger than the whole
+    bound still runs (alone), and every result equals its solo run. Faults seen failing:
+    `_take` without the room check (peak far over the bound); room never given back (the
+    requests after the first few wait forever: here the timeout)."""
+    specs = [(long_query(20 + 9 * i), docs_for(30 + i, 6)) for i in range(12)]
+    specs.append((long_query(400), docs_for(50, 4)))  # its prefix alone passes the bound
+    prepared = [reranker.prepare(reranker.request(q, d)) for q, d in specs]
+    contexts = [len(p.encoded.context) for p in prepared]
+    bound = 3 * contexts[5]
+    assert contexts[-1] > bound and sum(contexts) > 4 * bound
+    engine = Engine(
+        reranker.engine.scorer, max_batch_tokens=600, prefix_reuse="on", max_prefix_tokens=bound
+    )
+    scheduler = Scheduler([engine])
+    try:
+        work = in_one_pass(scheduler, [p.encoded for p in prepared])
+        results = asyncio.run(asyncio.wait_for(work, timeout=120))
+        assert 0 < scheduler.prefix_peak[0] <= max(bound, contexts[-1])
+        assert scheduler.prefix_held(0) == 0  # every request gave its room back
+    finally:
+        scheduler.close()
+    for p, got in zip(prepared, results, strict=True):
+        assert not isinstance(got, BaseException), got
+        want, _ = reranker.logits(p)
+        assert max(abs(a - b) for a, b in zip(got[0], want, strict=True)) <= 1e-5
+
+
+def test_a_request_waiting_for_prefix_room_is_not_overtaken(reranker):
+    """A's prefix is cached; B's does not fit beside it and waits; C's would fit beside A's,
+    but C came after B, so C waits too (B cannot be starved by a stream of small prefixes).
+    Observed through the held room after the first pass. Fault seen failing: C taking room
+    beside A (held A + C)."""
+    a, b, c = (
+        reranker.prepare(reranker.request(long_query(n), docs_for(60 + n, k)))
+        for n, k in [(30, 6), (90, 2), (5, 2)]
+    )
+    sizes = [len(r.encoded.context) for r in (a, b, c)]
+    engine = Engine(
+        reranker.engine.scorer,
+        max_batch_tokens=100_000,
+        prefix_reuse="on",
+        max_prefix_tokens=sizes[1] + sizes[2],  # B and C fit together, A and B do not
+    )
+    scheduler = Scheduler([engine])
+    held: list[int] = []
+
+    def record(done, total, stats):
+        held.append(scheduler.prefix_held(0))
+
+    results = scheduler.logits_sync_many(
+        [a.encoded, b.encoded, c.encoded], batch_size=2, on_progress=record
+    )
+    assert held[0] == sizes[0], (held, sizes)  # A alone in the first passes
+    assert scheduler.prefix_peak[0] == sizes[1] + sizes[2]  # then B and C together
+    for r, (got, _) in zip((a, b, c), results, strict=True):
+        want, _ = reranker.logits(r)
+        assert max(abs(x - y) for x, y in zip(got, want, strict=True)) <= 1e-5

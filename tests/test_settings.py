@@ -48,6 +48,7 @@ VALID = [
     ("RERANKER_MAX_CHARS_IN_FLIGHT", "2000000", 2_000_000),
     ("RERANKER_MAX_TOKENS_IN_FLIGHT", "500000", 500_000),
     ("RERANKER_ADMISSION_TIMEOUT", "60", 60),
+    ("RERANKER_MAX_PREFIX_TOKENS", "4096", 4096),
 ]
 
 NO_CUDA = not torch.cuda.is_available()
@@ -81,6 +82,7 @@ INVALID = [
     ("RERANKER_MAX_CHARS_IN_FLIGHT", "-5", None),
     ("RERANKER_MAX_TOKENS_IN_FLIGHT", "16M", None),
     ("RERANKER_ADMISSION_TIMEOUT", "0.5", None),
+    ("RERANKER_MAX_PREFIX_TOKENS", "0", None),
 ]
 if NO_CUDA:  # on a CPU-only machine these name a device the machine does not have
     INVALID += [
