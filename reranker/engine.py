@@ -200,9 +200,9 @@ class Engine:
     # -- setup ---------------------------------------------------------------------------
 
     def warmup(self) -> None:
-        """One pass at the full token budget, continuing a context, while as many cached
-        prefix tokens as the scheduler may keep are held: a budget too large for this card
-        fails at boot rather than on a user's request."""
+        """One pass at the full token budget continuing as many cached prefix tokens as the
+        scheduler may keep: budgets too large for this card fail at boot rather than on a
+        user's request."""
         try:
             self._warmup_passes()
         except torch.OutOfMemoryError:
@@ -223,7 +223,10 @@ class Engine:
     def _warmup_passes(self) -> None:
         filler = 13  # any ordinary token id
         (context,) = self._context_pass([Item((filler,) * 64)])
-        held = self.scorer.empty_context(self.max_prefix_tokens)  # noqa: F841 (kept alive)
-        self._score_pass([Item((filler,) * self.max_batch_tokens, context)])
+        # As many cached prefix tokens as the scheduler lets this replica keep, continued by a
+        # full pass: the pass then also holds its copy of the contexts it continues.
+        held = self.scorer.blank_context(self.max_prefix_tokens)
+        self._score_pass([Item((filler,) * self.max_batch_tokens, held)])
+        del held
         # one and several segments: settles compiled graphs (if any) before real traffic
         self._score_pass([Item((filler,) * 7, context), Item((filler,) * 5)])

@@ -187,11 +187,12 @@ class QwenScorer:
             out.append(ContextKV(k, v))
         return out
 
-    def empty_context(self, num_tokens: int) -> ContextKV:
-        """Uninitialized room for a cached context of ``num_tokens`` (the warm-up holds it)."""
+    def blank_context(self, num_tokens: int) -> ContextKV:
+        """A cached context of ``num_tokens`` zeros: the device memory that many cached prefix
+        tokens take (the warm-up holds and continues it)."""
         shape = (len(self.layers), num_tokens, self.num_kv_heads, self.head_dim)
-        k = torch.empty(shape, dtype=self.dtype, device=self.device)
-        return ContextKV(k, torch.empty_like(k))
+        k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        return ContextKV(k, torch.zeros_like(k))
 
     @property
     def kv_bytes_per_token(self) -> int:

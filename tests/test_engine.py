@@ -17,7 +17,7 @@ DOCS = [f"document number {i} " * (1 + i % 7) for i in range(24)]
 
 class SmallDevice:
     """The real scorer on a pretend device that holds at most ``limit`` tokens per pass,
-    less the context room taken with ``empty_context`` (never given back): bigger passes
+    less the context room taken with ``blank_context`` (never given back): bigger passes
     raise the same OutOfMemoryError CUDA raises."""
 
     def __init__(self, scorer, limit: int):
@@ -26,9 +26,9 @@ class SmallDevice:
     def __getattr__(self, name):
         return getattr(self._scorer, name)
 
-    def empty_context(self, num_tokens):
+    def blank_context(self, num_tokens):
         self.held += num_tokens
-        return self._scorer.empty_context(num_tokens)
+        return self._scorer.blank_context(num_tokens)
 
     def _check(self, batch):
         self.calls.append(batch.num_tokens)
@@ -119,7 +119,7 @@ def test_the_prefix_room_is_what_a_cached_context_takes(reranker):
     (context,) = reranker.engine.contexts([[13] * 9])
     used = context.k.element_size() * (context.k.numel() + context.v.numel())
     assert scorer.kv_bytes_per_token * 9 == used
-    room = scorer.empty_context(9)
+    room = scorer.blank_context(9)
     assert (room.k.shape, room.k.dtype) == (context.k.shape, context.k.dtype)
 
 
