@@ -54,6 +54,7 @@ from load import mismatch, tiny_model  # noqa: E402
 
 from devtools.localserver import LocalCogServer, free_port  # noqa: E402
 from reranker import Reranker, Settings  # noqa: E402
+from reranker.config import Limits  # noqa: E402
 
 # The HTTP API's default for an omitted top_k (predict.py, README); the library's is "all".
 HTTP_DEFAULT_TOP_K = 5
@@ -158,7 +159,7 @@ class Hostile:
     raw: bytes | None = None  # sent as the body instead of {"input": inputs}
 
 
-def hostile_cases(settings: Settings) -> list[Hostile]:
+def hostile_cases(limits: Limits) -> list[Hostile]:
     q, d = "capital of France?", ["Paris", "Lyon"]
     ok = {"query": q, "documents": d}
     cases = [
@@ -172,7 +173,7 @@ def hostile_cases(settings: Settings) -> list[Hostile]:
         Hostile(
             "query oversize",
             "query",
-            {"query": "x" * (settings.max_query_chars + 1), "documents": d},
+            {"query": "x" * (limits.max_query_chars + 1), "documents": d},
         ),
         Hostile("documents missing", "documents", {"query": q}),
         Hostile("documents null", "documents", {"query": q, "documents": None}),
@@ -185,19 +186,19 @@ def hostile_cases(settings: Settings) -> list[Hostile]:
         Hostile(
             "documents too many",
             "documents",
-            {"query": q, "documents": ["x"] * (settings.max_documents + 1)},
+            {"query": q, "documents": ["x"] * (limits.max_documents + 1)},
         ),
         Hostile(
             "documents[i] oversize",
             "documents[1]",
-            {"query": q, "documents": ["a", "y" * (settings.max_document_chars + 1)]},
+            {"query": q, "documents": ["a", "y" * (limits.max_document_chars + 1)]},
         ),
         Hostile("instruction int", "instruction", {**ok, "instruction": 3}),
         Hostile("instruction list", "instruction", {**ok, "instruction": ["x"]}),
         Hostile(
             "instruction oversize",
             "instruction",
-            {**ok, "instruction": "i" * (settings.max_query_chars + 1)},
+            {**ok, "instruction": "i" * (limits.max_query_chars + 1)},
         ),
         Hostile("top_k negative", "top_k", {**ok, "top_k": -1}),
         Hostile("top_k string", "top_k", {**ok, "top_k": "5"}),
@@ -355,7 +356,7 @@ class Soak:
         rng = random.Random(args.seed)
         self.pool_valid = [valid_spec(rng, i) for i in range(args.pool)]
         self.pool_large = large_specs(rng)
-        self.pool_hostile = hostile_cases(reranker.settings)
+        self.pool_hostile = hostile_cases(reranker.limits)
         started = time.perf_counter()
         self.want_valid = [solo(reranker, s) for s in self.pool_valid]
         self.want_large = [solo(reranker, s) for s in self.pool_large]
@@ -719,6 +720,13 @@ def main() -> int:
     p.add_argument("--pool", type=int, default=60, help="distinct valid requests")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="RERANKER_X=VALUE",
+        help="a setting for the server (repeatable), e.g. RERANKER_MAX_PREFIX_TOKENS=150",
+    )
+    p.add_argument(
         "--out",
         default=str(ROOT / "bench" / "results" / f"soak-cpu-{time.strftime('%Y-%m-%d')}"),
         help="writes OUT.txt and OUT.json",
@@ -730,6 +738,11 @@ def main() -> int:
     reranker = Reranker.load(model, device="cpu", settings=Settings())
 
     env = {"RERANKER_MODEL": model}
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("RERANKER_"):
+            p.error(f"--env takes RERANKER_NAME=VALUE, not {item!r}")
+        env[name] = value
     with LocalCogServer(env, concurrency=args.concurrency) as server:
         soak = Soak(server, reranker, args)
         print(f"# solo answers for {len(soak.want_valid) + len(soak.want_large)} specs", flush=True)
