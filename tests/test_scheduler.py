@@ -401,3 +401,30 @@ def test_a_request_waiting_for_prefix_room_is_not_overtaken(reranker):
     for r, (got, _) in zip((a, b, c), results, strict=True):
         want, _ = reranker.logits(r)
         assert max(abs(x - y) for x, y in zip(got, want, strict=True)) <= 1e-5
+
+
+def test_blocking_callers_in_several_threads_share_the_prefix_bound(reranker):
+    """Library calls from four threads, each driving passes itself, with room for one prefix
+    at a time: every call finishes (a thread whose request waits for room lets the others'
+    passes run) with its solo scores, and the bound held. Fault seen failing: room never
+    given back (the later callers wait forever: here the join timeout)."""
+    specs = [(long_query(25 + 10 * i), docs_for(70 + i, 5)) for i in range(4)]
+    want = [reranker.score(q, d) for q, d in specs]
+    contexts = [len(reranker.prepare(reranker.request(q, d)).encoded.context) for q, d in specs]
+    settings = Settings(device="cpu", prefix_reuse="on", max_prefix_tokens=max(contexts))
+    bounded = reranker.with_settings(settings)
+    got: dict[int, list[float]] = {}
+
+    def call(i: int) -> None:
+        got[i] = bounded.score(*specs[i], batch_size=2)
+
+    threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a blocking caller never finished"
+    assert bounded.scheduler.prefix_peak[0] <= max(contexts)
+    assert bounded.scheduler.prefix_held(0) == 0
+    for i, w in enumerate(want):
+        assert max(abs(a - b) for a, b in zip(got[i], w, strict=True)) <= 1e-5
