@@ -68,11 +68,12 @@ class Settings:
     # Seconds a request may wait for room before it fails: more than the worst legal queue
     # (15 requests of 4M tokens ahead, about 1,500 s on an H100).
     admission_timeout: int = 1800
-    # Prompt-prefix tokens (instruction + query) whose keys and values one replica keeps on its
-    # device for the requests it is serving (reranker/scheduler.py). 144 KiB a token on the 8B
-    # model in 16 bits: 16384 tokens are 2.25 GiB, which still fits a 24 GB card beside the
-    # weights and a full pass, and 16 requests with 1,000-token queries. A request that would
-    # pass it waits for earlier ones to finish (in arrival order); one larger runs alone.
+    # Prompt-prefix tokens (template head, instruction, query) whose keys and values one
+    # replica keeps on its device for the requests it is serving (reranker/scheduler.py).
+    # 144 KiB a token on the 8B model in 16 bits: 16384 tokens are 2.25 GiB, which still fits
+    # a 24 GB card beside the weights and a full pass, and 16 requests with 1,000-token
+    # queries. A request that would pass it waits for earlier ones to finish (in arrival
+    # order); one larger runs alone.
     max_prefix_tokens: int = 16384
 
     def batch_tokens(self, device_type: str) -> int:

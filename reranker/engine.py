@@ -40,6 +40,9 @@ class BudgetTooLargeError(RuntimeError):
         self.detail, self.settings = detail, settings  # what did not fit; what to lower
         super().__init__(f"{detail}; lower {' or '.join(settings)}")
 
+    def __reduce__(self):  # picklable and copyable despite the two-argument constructor
+        return type(self), (self.detail, self.settings)
+
     def naming(self, name: Callable[[str], str]) -> BudgetTooLargeError:
         """The same error with each setting called ``name(setting)`` (an env variable)."""
         return BudgetTooLargeError(self.detail, tuple(map(name, self.settings)))
@@ -224,7 +227,9 @@ class Engine:
         filler = 13  # any ordinary token id
         (context,) = self._context_pass([Item((filler,) * 64)])
         # As many cached prefix tokens as the scheduler lets this replica keep, continued by a
-        # full pass: the pass then also holds its copy of the contexts it continues.
+        # full pass (which also copies the contexts it continues). Not every runtime shape:
+        # many segments continuing long prefixes gather more keys per layer; out-of-memory
+        # splitting covers those.
         held = self.scorer.blank_context(self.max_prefix_tokens)
         self._score_pass([Item((filler,) * self.max_batch_tokens, held)])
         del held

@@ -30,12 +30,14 @@ import math
 import queue
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from .batching import PassFill, length_order
-from .engine import Engine, Item
+from .engine import Engine, Item, PassResult
 from .model import ContextKV, NonFiniteError
 from .tokenization import EncodedRequest
 
@@ -178,7 +180,9 @@ class Scheduler:
             while unfinished:
                 while events.empty() and not self._threads:
                     seen = self._change_count()
-                    if not self._step(0):  # each pass a request is waiting on posts an event
+                    # each pass a request is waiting on posts an event; with nothing to take,
+                    # another thread's pass has posted ours, or ours waits for prefix room
+                    if self._step(0) == "room" and events.empty():
                         self._wait_for_change(seen, timeout=0.1)
                 i, (kind, payload) = events.get()
                 if kind == "error":
@@ -274,8 +278,10 @@ class Scheduler:
                 if self._closed:
                     return
                 seen = self._changes
-            if not self._step(replica):  # everything waiting waits for prefix room
-                self._wait_for_change(seen)
+            if self._step(replica) == "room":  # everything waiting waits for prefix room
+                # woken when room is given back or a request leaves the queue; the timeout
+                # is a safety net for any other way a waiting request could start to fit
+                self._wait_for_change(seen, timeout=1.0)
 
     def _changed(self) -> None:
         """Work or prefix room appeared (called under the lock)."""
@@ -291,15 +297,15 @@ class Scheduler:
             if self._changes == seen and not self._closed:
                 self._cond.wait(timeout)
 
-    def _step(self, replica: int) -> bool:
-        """Fill one pass from the queue and run it on ``replica``; False if nothing could be
-        taken (nothing waits, or everything waiting waits for prefix room there)."""
+    def _step(self, replica: int) -> Literal["ran", "idle", "room"]:
+        """Fill one pass from the queue and run it on ``replica``. Without a pass: "idle" if
+        nothing waits, "room" if everything waiting waits for prefix room there."""
         engine = self.engines[replica]
         with self._replica_locks[replica]:
             with self._cond:
                 picks = self._take(replica)
-            if not picks:
-                return False
+                if not picks:
+                    return "room" if self._waiting else "idle"
             try:
                 self._run(engine, replica, picks)
             except BaseException as exc:  # a bug or an interrupt: answer every request in it
@@ -308,7 +314,7 @@ class Scheduler:
                     req.post(("error", RuntimeError(f"internal error while scoring: {exc}")))
                 if not isinstance(exc, Exception):
                     raise
-        return True
+        return "ran"
 
     def _take(self, replica: int) -> list[tuple[_Request, int]]:
         """Fill one pass for ``replica`` round-robin from the waiting requests (called under
@@ -328,7 +334,7 @@ class Scheduler:
                 continue
             if not req.pending:
                 if req in self._waiting:
-                    self._waiting.remove(req)
+                    self._leave_queue(req)
                 continue
             doc = req.pending[0]
             needs_room = req.reuse[doc] and replica not in req.prefix_room
@@ -347,8 +353,14 @@ class Scheduler:
             fill.add(req.cost(doc))
             fill.max_items = min(fill.max_items, req.batch_size)
             if not req.pending:
-                self._waiting.remove(req)
+                self._leave_queue(req)
         return picks
+
+    def _leave_queue(self, req: _Request) -> None:
+        """All of ``req``'s documents are taken (under the lock). Requests behind it that
+        waited for prefix room only because it came first may fit now: wake idle replicas."""
+        self._waiting.remove(req)
+        self._changed()
 
     def _room(self, req: _Request, replica: int) -> bool:
         """Whether ``req``'s prefix fits beside what ``replica`` holds (or it holds none)."""
@@ -371,19 +383,13 @@ class Scheduler:
             return
         requests = list({id(r): r for r, _ in picks}.values())
         started = time.perf_counter()
-        missing = [
-            r
-            for r in requests
-            if replica not in r.contexts and any(r.reuse[d] for q, d in picks if q is r)
-        ]
         try:
-            if missing:
-                built = engine.contexts([r.encoded.context for r in missing])
-                for r, ctx in zip(missing, built, strict=True):
-                    r.contexts[replica] = ctx
-            items = [r.item(d, replica) for r, d in picks]
-            result = engine.run(items)
+            items, result = self._pass(engine, replica, requests, picks)
         except Exception as exc:
+            # The traceback's finished frames hold the pass's tensors (cached prefixes
+            # included) for as long as the caller keeps the exception: let them go now, as
+            # the room they took is given back below.
+            traceback.clear_frames(exc.__traceback__)
             if len(requests) > 1:  # attribute the failure: rerun each request's share alone
                 for r in requests:
                     self._run(engine, replica, [(q, d) for q, d in picks if q is r])
@@ -392,31 +398,53 @@ class Scheduler:
             requests[0].post(("error", exc))
             return
         elapsed = time.perf_counter() - started
-        for r in requests:
-            if r.cancelled:  # cancelled during the pass: its prefix's room is already given back
-                r.contexts.clear()
         done: dict[int, list[int]] = {}
-        for (r, d), value, item in zip(picks, result.logits, items, strict=True):
-            r.logits[d] = value
-            r.stats.tokens += item.num_tokens
-            done.setdefault(id(r), []).append(d)
-        for i in result.rescored:
-            picks[i][0].stats.rescored += 1
-        for r in requests:
-            docs = done[id(r)]
-            r.remaining -= len(docs)
-            r.stats.documents += len(docs)
-            r.stats.passes += 1
-            r.stats.model_seconds += elapsed
-            if not all(math.isfinite(r.logits[d]) for d in docs):  # type: ignore[arg-type]
-                self.cancel(r)
-                r.post(("error", non_finite_error(engine)))
-            elif r.remaining == 0:
-                with self._cond:
+        events = []
+        # Under the lock: a request served by several replicas at once is counted (and
+        # finished) exactly once.
+        with self._cond:
+            for r in requests:
+                if r.cancelled:  # cancelled during the pass: its room is already given back
+                    r.contexts.clear()
+            for (r, d), value, item in zip(picks, result.logits, items, strict=True):
+                r.logits[d] = value
+                r.stats.tokens += item.num_tokens
+                done.setdefault(id(r), []).append(d)
+            for i in result.rescored:
+                picks[i][0].stats.rescored += 1
+            for r in requests:
+                docs = done[id(r)]
+                r.remaining -= len(docs)
+                r.stats.documents += len(docs)
+                r.stats.passes += 1
+                r.stats.model_seconds += elapsed
+                if not all(math.isfinite(r.logits[d]) for d in docs):  # type: ignore[arg-type]
+                    self.cancel(r)
+                    events.append((r, ("error", non_finite_error(engine))))
+                elif r.remaining == 0:
                     self._release_prefix(r)
-                r.post(("done", len(r.logits)))
-            else:
-                r.post(("progress", len(r.logits) - r.remaining))
+                    events.append((r, ("done", len(r.logits))))
+                else:
+                    events.append((r, ("progress", len(r.logits) - r.remaining)))
+        for r, event in events:
+            r.post(event)
+
+    @staticmethod
+    def _pass(
+        engine: Engine, replica: int, requests: list[_Request], picks: list[tuple[_Request, int]]
+    ) -> tuple[list[Item], PassResult]:
+        """Build the prefixes this replica lacks for ``picks``, then run the pass."""
+        missing = [
+            r
+            for r in requests
+            if replica not in r.contexts and any(r.reuse[d] for q, d in picks if q is r)
+        ]
+        if missing:
+            built = engine.contexts([r.encoded.context for r in missing])
+            for r, ctx in zip(missing, built, strict=True):
+                r.contexts[replica] = ctx
+        items = [r.item(d, replica) for r, d in picks]
+        return items, engine.run(items)
 
 
 def _progress(reqs: Sequence[_Request], done: Sequence[int]) -> tuple[int, int, RequestStats]:

@@ -180,3 +180,13 @@ def test_the_settings_reach_every_engine(reranker):
             "off",
             9,
         )
+
+
+def test_the_budget_error_survives_pickling():
+    """Errors can cross process boundaries (Cog's worker); the two-argument constructor must
+    not break that. Fault seen failing: no ``__reduce__`` (TypeError on unpickling)."""
+    import pickle
+
+    err = BudgetTooLargeError("a pass does not fit", ("max_batch_tokens", "max_prefix_tokens"))
+    again = pickle.loads(pickle.dumps(err))
+    assert str(again) == str(err) and again.settings == err.settings

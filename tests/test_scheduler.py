@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import random
 import threading
 import time
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ import torch
 from devtools.offline import save_random_model
 from reranker import Reranker, Settings
 from reranker import progress as progress_module
+from reranker import scheduler as scheduler_module
 from reranker.engine import DocumentTooLargeError, Engine
 from reranker.model import NonFiniteError
 from reranker.request import RerankRequest
@@ -428,3 +431,37 @@ def test_blocking_callers_in_several_threads_share_the_prefix_bound(reranker):
     assert bounded.scheduler.prefix_held(0) == 0
     for i, w in enumerate(want):
         assert max(abs(a - b) for a, b in zip(got[i], w, strict=True)) <= 1e-5
+
+
+def test_a_request_finished_on_two_replicas_at_once_is_finished_once(reranker, monkeypatch):
+    """Two replicas finish passes of the same requests at the same moment; the finiteness
+    check, between counting a pass's documents and deciding whether the request is done, is
+    stretched so that the other replica always lands in that window. Fault seen failing: the
+    count and the decision outside the scheduler's lock (both replicas see 0 left and post
+    "done" twice; a blocking caller of several requests then returns with None logits)."""
+    engines = [
+        Engine(reranker.engine.scorer, max_batch_tokens=100_000, prefix_reuse="off")
+        for _ in range(2)
+    ]
+    scheduler = Scheduler(engines)
+    a, b = (reranker.prepare(reranker.request("q", docs_for(80 + n, n))) for n in (4, 30))
+    try:
+        asyncio.run(scheduler.logits(a.encoded, batch_size=2))  # starts the two workers
+        slow = SimpleNamespace(isfinite=lambda x: time.sleep(0.02) or math.isfinite(x))
+        monkeypatch.setattr(scheduler_module, "math", slow)
+        results = []
+        caller = threading.Thread(
+            target=lambda: results.extend(
+                scheduler.logits_sync_many([a.encoded, b.encoded], batch_size=2)
+            ),
+            daemon=True,
+        )
+        caller.start()
+        caller.join(timeout=120)
+        assert not caller.is_alive()
+    finally:
+        scheduler.close()
+    for prepared, (logits, stats) in zip((a, b), results, strict=True):
+        assert None not in logits and stats.documents == len(logits)
+        want, _ = reranker.logits(prepared)
+        assert max(abs(x - y) for x, y in zip(logits, want, strict=True)) <= 1e-5
