@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import math
 import random
 import threading
 import time
+import weakref
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -465,3 +467,38 @@ def test_a_request_finished_on_two_replicas_at_once_is_finished_once(reranker, m
         assert None not in logits and stats.documents == len(logits)
         want, _ = reranker.logits(prepared)
         assert max(abs(x - y) for x, y in zip(logits, want, strict=True)) <= 1e-5
+
+
+def test_a_failed_request_leaves_no_cached_prefix_behind(broken_model):
+    """A request fails inside a pass (a prompt that never fits): its room is given back, and
+    so is the memory of its cached prefix, at once, not at the next garbage collection.
+    Fault seen failing: the error posted with its traceback's frames intact (they hold the
+    pass's items, and the caller's re-raise makes a cycle that only gc breaks)."""
+    refs = []
+
+    class Recording(MemoryLimit):
+        def contexts(self, batch):
+            out = self._scorer.contexts(batch)
+            refs.extend(weakref.ref(c.k) for c in out)
+            return out
+
+    engine = Engine(
+        Recording(broken_model.engine.scorer, limit=300),
+        max_batch_tokens=100_000,
+        prefix_reuse="on",
+    )
+    scheduler = Scheduler([engine])
+    prepared = broken_model.prepare(broken_model.request("q", ["a calm lake", "lava " * 400]))
+
+    async def main():
+        with pytest.raises(DocumentTooLargeError):
+            await scheduler.logits(prepared.encoded, batch_size=8)
+
+    gc.disable()
+    try:
+        asyncio.run(main())
+        assert refs and scheduler.prefix_held(0) == 0
+        assert [r() for r in refs] == [None] * len(refs)
+    finally:
+        gc.enable()
+        scheduler.close()
