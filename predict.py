@@ -13,7 +13,7 @@ import sys
 
 import coglet
 from cog import BasePredictor, Input, concurrent, current_scope
-from pydantic import BaseModel
+from pydantic import BaseModel, model_serializer
 
 from reranker.config import Settings
 from reranker.request import RerankRequest
@@ -24,6 +24,9 @@ DEFAULT_TOP_K = 5
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_MAX_LENGTH = 8192
 MAX_LENGTH_LIMIT = 32768
+DEFAULT_LONG_DOCUMENTS = "truncate"
+LONG_DOCUMENTS_HELP = "A document longer than max_length: truncate cuts its end (the model card's way); chunk scores it whole, as overlapping windows, and keeps its best window (results then carry windows and best_span)."  # noqa: E501
+CHUNK_OVERLAP_HELP = "Only with long_documents=chunk: the tokens that consecutive windows share. Omit it for the default, 256 (at most 1/8 of the window)."  # noqa: E501
 # Requests served at once by one instance. Their documents share forward passes, so this
 # is what lets small concurrent requests fill the GPU; beyond it the server answers 409.
 # `cog build` reads only the literal in @concurrent(max=...) below and bakes it into the image
@@ -31,18 +34,36 @@ MAX_LENGTH_LIMIT = 32768
 MAX_CONCURRENCY = 16
 
 
-class RankedDocument(BaseModel):
+class ChunkFieldsOmitted(BaseModel):
+    """Leaves the long_documents="chunk" fields out of the JSON when unset, so that a
+    truncating request's output is exactly what it was before chunking existed (pydantic
+    would write them as null). The models below also name BaseModel as a base: Cog's schema
+    generator sees a model only there (models.go, InheritsFromBaseModel)."""
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_chunk_fields(self, handler):
+        out = handler(self)
+        for name in ("windows", "best_span"):
+            if out.get(name, 0) is None:
+                del out[name]
+        return out
+
+
+class RankedDocument(ChunkFieldsOmitted, BaseModel):
     index: int
     document: str | None
     score: float
     logit: float
     tokens: int
     truncated: bool
+    windows: int | None = None
+    best_span: list[int] | None = None
 
 
-class Usage(BaseModel):
+class Usage(ChunkFieldsOmitted, BaseModel):
     total_tokens: int
     truncated_documents: int
+    windows: int | None = None
 
 
 class Output(BaseModel):
@@ -106,6 +127,17 @@ class Predictor(BasePredictor):
             default=True,
             description="Include each document's text in the results (false: null).",
         ),
+        long_documents: str = Input(
+            default=DEFAULT_LONG_DOCUMENTS,
+            choices=["truncate", "chunk"],
+            description=LONG_DOCUMENTS_HELP,
+        ),
+        chunk_overlap: int | None = Input(
+            default=None,
+            ge=0,
+            le=32768,  # MAX_LENGTH_LIMIT
+            description=CHUNK_OVERLAP_HELP,
+        ),
     ) -> Output:
         request = RerankRequest.build(
             self.service.limits,
@@ -116,6 +148,8 @@ class Predictor(BasePredictor):
             max_length=max_length,
             batch_size=batch_size,
             return_documents=return_documents,
+            long_documents=long_documents,
+            chunk_overlap=chunk_overlap,
         )
         result, metrics = await self.service.rerank(request)
         scope = current_scope()

@@ -135,14 +135,37 @@ class Reranker:
         """
         return self.admission.admit(request, self.prepare)
 
+    def prompt_logits(
+        self, prepared: PreparedRequest, on_progress: OnProgress | None = None
+    ) -> tuple[list[float], RequestStats]:
+        """float32 ``logit_yes - logit_no`` per prompt of ``prepared`` (per distinct document,
+        or per window of a chunked one), blocking: what ``RerankResult.build`` takes."""
+        return self.scheduler.logits_sync(
+            prepared.encoded, batch_size=prepared.request.batch_size, on_progress=on_progress
+        )
+
+    async def aprompt_logits(
+        self,
+        prepared: PreparedRequest,
+        on_progress: OnProgress | None = None,
+        on_cancel: OnCancel | None = None,
+    ) -> tuple[list[float], RequestStats]:
+        """:meth:`prompt_logits` for an event loop; its prompts share passes with other
+        calls'."""
+        return await self.scheduler.logits(
+            prepared.encoded,
+            batch_size=prepared.request.batch_size,
+            on_progress=on_progress,
+            on_cancel=on_cancel,
+        )
+
     def logits(
         self, prepared: PreparedRequest, on_progress: OnProgress | None = None
     ) -> tuple[list[float], RequestStats]:
-        """float32 ``logit_yes - logit_no`` per input document (input order), blocking."""
-        unique, stats = self.scheduler.logits_sync(
-            prepared.encoded, batch_size=prepared.request.batch_size, on_progress=on_progress
-        )
-        return prepared.expand(unique), stats
+        """float32 ``logit_yes - logit_no`` per input document (input order; a chunked
+        document's best window's), blocking."""
+        prompt, stats = self.prompt_logits(prepared, on_progress)
+        return prepared.expand(prompt), stats
 
     async def alogits(
         self,
@@ -151,13 +174,8 @@ class Reranker:
         on_cancel: OnCancel | None = None,
     ) -> tuple[list[float], RequestStats]:
         """:meth:`logits` for an event loop; its documents share passes with other calls'."""
-        unique, stats = await self.scheduler.logits(
-            prepared.encoded,
-            batch_size=prepared.request.batch_size,
-            on_progress=on_progress,
-            on_cancel=on_cancel,
-        )
-        return prepared.expand(unique), stats
+        prompt, stats = await self.aprompt_logits(prepared, on_progress, on_cancel)
+        return prepared.expand(prompt), stats
 
     def rerank(self, request: RerankRequest, *, show_progress_bar: bool = False) -> RerankResult:
         """Rank one request's documents (its ``top_k`` and ``return_documents`` apply)."""
@@ -166,7 +184,7 @@ class Reranker:
             prepared = admitted.prepared
             bar = ProgressBar(len(request.documents)) if show_progress_bar else None
             try:
-                logits, _ = self.logits(prepared, on_progress=bar)
+                logits, _ = self.prompt_logits(prepared, on_progress=bar)
             finally:
                 if bar is not None:
                     bar.close()
@@ -182,11 +200,25 @@ class Reranker:
         instruction: str | None = None,
         max_length: int = DEFAULT_MAX_LENGTH,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        long_documents: str = "truncate",
+        chunk_overlap: int | None = None,
         show_progress_bar: bool = False,
     ) -> list[float]:
-        """P(yes) for each document, in input order (the model card's score)."""
+        """P(yes) for each document, in input order (the model card's score).
+
+        ``long_documents="chunk"`` scores a document longer than ``max_length`` as windows
+        sharing ``chunk_overlap`` tokens (default: 256, at most 1/8 of the window) and gives
+        it its best window's score; ``"truncate"`` (the default) cuts its end, as the model
+        card does.
+        """
         request = self.request(
-            query, documents, instruction=instruction, max_length=max_length, batch_size=batch_size
+            query,
+            documents,
+            instruction=instruction,
+            max_length=max_length,
+            batch_size=batch_size,
+            long_documents=long_documents,
+            chunk_overlap=chunk_overlap,
         )
         result = self.rerank(request, show_progress_bar=show_progress_bar)
         scores = [0.0] * len(request.documents)
@@ -204,9 +236,15 @@ class Reranker:
         max_length: int = DEFAULT_MAX_LENGTH,
         batch_size: int = DEFAULT_BATCH_SIZE,
         return_documents: bool = True,
+        long_documents: str = "truncate",
+        chunk_overlap: int | None = None,
         show_progress_bar: bool = False,
     ) -> RerankResult:
-        """Documents sorted by score (ties by input index); ``top_k`` None or 0 keeps all."""
+        """Documents sorted by score (ties by input index); ``top_k`` None or 0 keeps all.
+
+        ``long_documents`` and ``chunk_overlap`` as in :meth:`score`; chunked results also
+        carry each document's ``windows`` and the ``best_span`` of its best window.
+        """
         request = self.request(
             query,
             documents,
@@ -215,6 +253,8 @@ class Reranker:
             max_length=max_length,
             batch_size=batch_size,
             return_documents=return_documents,
+            long_documents=long_documents,
+            chunk_overlap=chunk_overlap,
         )
         return self.rerank(request, show_progress_bar=show_progress_bar)
 
@@ -225,6 +265,8 @@ class Reranker:
         instruction: str | None = None,
         max_length: int = DEFAULT_MAX_LENGTH,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        long_documents: str = "truncate",
+        chunk_overlap: int | None = None,
         show_progress_bar: bool = False,
         convert_to_numpy: bool = True,
     ) -> np.ndarray | list[float]:
@@ -234,6 +276,7 @@ class Reranker:
         (MTEB, BEIR scripts) and adapters (LangChain's ``BaseCrossEncoder.score``) work as
         they are. Pairs are grouped by query, one request per query, so each query's prompt
         prefix is still computed once; all groups run in one go and share passes.
+        ``long_documents`` and ``chunk_overlap`` as in :meth:`score`.
         """
         check_bool("show_progress_bar", show_progress_bar)
         check_bool("convert_to_numpy", convert_to_numpy)
@@ -251,6 +294,8 @@ class Reranker:
                         instruction=instruction,
                         max_length=max_length,
                         batch_size=batch_size,
+                        long_documents=long_documents,
+                        chunk_overlap=chunk_overlap,
                     )
                 )
         members_of = {id(r): m for r, m in zip(requests, groups.values(), strict=True)}

@@ -12,7 +12,13 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from .config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, DTYPE_NAMES, Settings
+from .config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_LENGTH,
+    DTYPE_NAMES,
+    LONG_DOCUMENTS_NAMES,
+    Settings,
+)
 from .documents_file import FORMATS, load_documents
 from .request import RerankRequest
 
@@ -84,6 +90,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0, help="results to print; 0 prints all")
     p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH)
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument(
+        "--long-documents",
+        choices=LONG_DOCUMENTS_NAMES,
+        default="truncate",
+        help="a document longer than --max-length: truncate cuts its end (default, the model "
+        "card's way); chunk scores it whole as overlapping windows and keeps its best window",
+    )
+    p.add_argument(
+        "--chunk-overlap",
+        type=int,
+        default=None,
+        metavar="TOKENS",
+        help="with --long-documents chunk: tokens consecutive windows share (default: 256, at "
+        "most 1/8 of the window)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if any)")
     p.add_argument("--dtype", default=None, choices=DTYPE_NAMES)
     p.add_argument("--no-documents", action="store_true", help="omit document text in results")
@@ -112,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_length=args.max_length,
             batch_size=args.batch_size,
             return_documents=not args.no_documents,
+            long_documents=args.long_documents,
+            chunk_overlap=args.chunk_overlap,
         )
         from .api import Reranker
         from .config import HUB_MODEL_ID

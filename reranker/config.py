@@ -18,6 +18,12 @@ HUB_REVISION = "5fa94080caafeaa45a15d11f969d7978e087a3db"
 MAX_LENGTH_LIMIT = 32768  # the model handles 32k tokens (max_position_embeddings is 40960)
 DEFAULT_MAX_LENGTH = 8192  # the model card's max_length
 DEFAULT_BATCH_SIZE = 256  # documents per forward pass at most; the token budget binds first
+# What happens to a document whose prompt exceeds max_length: "truncate" (the model card: its
+# end is cut) or "chunk" (scored whole, as overlapping windows; the best window counts).
+LONG_DOCUMENTS_NAMES = ("truncate", "chunk")
+# Tokens two consecutive windows share when the caller names none: enough for a paragraph to
+# lie whole in one window, at most 1/8 of the window so the extra work stays under ~14%.
+DEFAULT_CHUNK_OVERLAP = 256
 # Tokens per forward pass. On an H100 the 8B model is at full GEMM speed from ~8k tokens per
 # pass; 32768 lets the longest allowed document run in one pass within the budget, and its
 # activations (~4 GB) fit beside the weights on any 40 GB+ card. See bench/ for the sweep.

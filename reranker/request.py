@@ -4,18 +4,30 @@
 CLI, the service and ``Reranker.score/rank`` all build one and pass it on. ``prepare`` turns it
 into a :class:`PreparedRequest` (identical documents tokenized and scored once) and checks the
 token budget, the one limit that needs the tokenizer.
+
+With ``long_documents="chunk"`` a document whose prompt would exceed ``max_length`` becomes
+several prompts, its windows (:mod:`reranker.windows`); the prepared request maps prompts back
+to documents, and a document's logit is that of its best window.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, MAX_LENGTH_LIMIT, Limits
+from .config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_LENGTH,
+    LONG_DOCUMENTS_NAMES,
+    MAX_LENGTH_LIMIT,
+    Limits,
+    check_choice,
+)
 from .prompt import resolve_instruction
 from .tokenization import EncodedRequest, PromptEncoder
 from .validation import check_bool, check_documents, check_int, check_text, check_token_budget
+from .windows import Window, effective_overlap, split
 
 
 @dataclass(frozen=True)
@@ -29,6 +41,12 @@ class RerankRequest:
     max_length: int = DEFAULT_MAX_LENGTH
     batch_size: int = DEFAULT_BATCH_SIZE
     return_documents: bool = True
+    long_documents: str = "truncate"  # truncate | chunk
+    chunk_overlap: int | None = None  # tokens; None: the default for the window (chunk only)
+
+    @property
+    def chunked(self) -> bool:
+        return self.long_documents == "chunk"
 
     @classmethod
     def build(
@@ -42,6 +60,8 @@ class RerankRequest:
         max_length: Any = DEFAULT_MAX_LENGTH,
         batch_size: Any = DEFAULT_BATCH_SIZE,
         return_documents: Any = True,
+        long_documents: Any = "truncate",
+        chunk_overlap: Any = None,
     ) -> RerankRequest:
         """Check every field; raises ``ValueError`` whose message starts with the field's name."""
         query = check_text("query", query, max_chars=limits.max_query_chars, allow_empty=False)
@@ -55,6 +75,9 @@ class RerankRequest:
         if top_k is not None:
             check_int("top_k", top_k, low=0)
         check_bool("return_documents", return_documents)
+        check_choice("long_documents", long_documents, LONG_DOCUMENTS_NAMES)
+        if chunk_overlap is not None:  # checked against the window when it is known
+            check_int("chunk_overlap", chunk_overlap, low=0, high=MAX_LENGTH_LIMIT)
         return cls(
             query=query,
             documents=tuple(docs),
@@ -63,23 +86,43 @@ class RerankRequest:
             max_length=max_length,
             batch_size=batch_size,
             return_documents=return_documents,
+            long_documents=long_documents,
+            chunk_overlap=chunk_overlap,
         )
 
 
 @dataclass(frozen=True)
 class PreparedRequest:
-    """A request with token ids. Identical documents are tokenized and scored once."""
+    """A request with token ids. Identical documents are tokenized and scored once.
+
+    ``encoded.documents`` are the prompts to score: one per distinct document, or, for a
+    chunked one, one per window, a document's prompts side by side.
+    """
 
     request: RerankRequest
-    inverse: list[int]  # request.documents[i] is unique document inverse[i]
-    encoded: EncodedRequest  # of the unique documents
+    inverse: list[int]  # request.documents[i] is distinct document inverse[i]
+    encoded: EncodedRequest  # one entry per prompt
+    # Chunked requests only: distinct document j's prompts are first[j]:first[j+1], and
+    # spans[k] is prompt k's character span in its document.
+    first: list[int] | None = None
+    spans: list[tuple[int, int]] | None = None
+
+    def prompts(self, i: int) -> range:
+        """The prompts of document ``i`` (input order)."""
+        j = self.inverse[i]
+        return range(j, j + 1) if self.first is None else range(self.first[j], self.first[j + 1])
 
     def tokens(self, i: int) -> int:
-        """Prompt tokens scored for document ``i`` (input order), after truncation."""
-        return len(self.encoded.context) + len(self.encoded.documents[self.inverse[i]])
+        """Prompt tokens scored for document ``i`` (input order), every window's counted."""
+        return sum(
+            len(self.encoded.context) + len(self.encoded.documents[k]) for k in self.prompts(i)
+        )
 
     def truncated(self, i: int) -> bool:
-        return self.encoded.truncated[self.inverse[i]]
+        return any(self.encoded.truncated[k] for k in self.prompts(i))
+
+    def windows(self, i: int) -> int:
+        return len(self.prompts(i))
 
     @property
     def num_tokens(self) -> int:
@@ -89,9 +132,20 @@ class PreparedRequest:
     def num_truncated(self) -> int:
         return sum(self.truncated(i) for i in range(len(self.inverse)))
 
-    def expand(self, unique_values: Sequence[float]) -> list[float]:
-        """Values of the unique documents -> one per input document."""
-        return [unique_values[j] for j in self.inverse]
+    @property
+    def num_windows(self) -> int:
+        return sum(self.windows(i) for i in range(len(self.inverse)))
+
+    def best(self, prompt_values: Sequence[float]) -> list[int]:
+        """Per input document: its prompt with the highest value (the first of equals)."""
+        return [
+            max(self.prompts(i), key=lambda k: (prompt_values[k], -k))
+            for i in range(len(self.inverse))
+        ]
+
+    def expand(self, prompt_values: Sequence[float]) -> list[float]:
+        """Values of the prompts -> one per input document (a chunked one's best window's)."""
+        return [prompt_values[k] for k in self.best(prompt_values)]
 
 
 def prepare(request: RerankRequest, encoder: PromptEncoder, limits: Limits) -> PreparedRequest:
@@ -99,7 +153,7 @@ def prepare(request: RerankRequest, encoder: PromptEncoder, limits: Limits) -> P
 
     Documents are tokenized a chunk of characters at a time, which bounds the tokenizer's
     working memory whatever the request's size, and a request over its token budget stops at
-    the first chunk that takes it over.
+    the first chunk (or, for a chunked document, the first window) that takes it over.
     """
     position: dict[str, int] = {}
     inverse = [position.setdefault(d, len(position)) for d in request.documents]
@@ -108,16 +162,43 @@ def prepare(request: RerankRequest, encoder: PromptEncoder, limits: Limits) -> P
     for j in inverse:
         uses[j] += 1
     context, room = encoder.context_ids(request.instruction, request.query, request.max_length)
-    documents: list[tuple[int, ...]] = []
+    overlap = effective_overlap(request.chunk_overlap, room) if request.chunked else 0
+    prompts: list[tuple[int, ...]] = []
     truncated: list[bool] = []
+    first: list[int] = []
+    spans: list[tuple[int, int]] = []
     tokens = 0
     for start, stop in chunks([len(d) for d in unique], TOKENIZE_CHUNK_CHARS):
         ids, cut = encoder.encode_tails(unique[start:stop], room)
-        tokens += sum(uses[start + k] * (len(context) + len(d)) for k, d in enumerate(ids))
+        for j, doc_ids, was_cut in zip(range(start, stop), ids, cut, strict=True):
+            first.append(len(prompts))
+            if was_cut and request.chunked:
+                for w in _windows(encoder, unique[j], room, overlap, inverse, j):
+                    tokens += uses[j] * (len(context) + len(w.ids))
+                    check_token_budget(tokens, limits, complete=False)
+                    prompts.append(w.ids)
+                    truncated.append(False)
+                    spans.append((w.start, w.end))
+                continue
+            tokens += uses[j] * (len(context) + len(doc_ids))
+            prompts.append(doc_ids)
+            truncated.append(was_cut)
+            spans.append((0, len(unique[j])))
         check_token_budget(tokens, limits, complete=stop == len(unique))
-        documents += ids
-        truncated += cut
-    return PreparedRequest(request, inverse, EncodedRequest(context, documents, truncated))
+    encoded = EncodedRequest(context, prompts, truncated)
+    if not request.chunked:
+        return PreparedRequest(request, inverse, encoded)
+    return PreparedRequest(request, inverse, encoded, [*first, len(prompts)], spans)
+
+
+def _windows(
+    encoder: PromptEncoder, text: str, room: int, overlap: int, inverse: list[int], j: int
+) -> Iterator[Window]:
+    """The windows of distinct document ``j``; an error names its first input position."""
+    try:
+        yield from split(encoder, text, room, overlap)
+    except ValueError as exc:
+        raise ValueError(f"documents[{inverse.index(j)}]: {exc}") from None
 
 
 # Characters tokenized per call: the tokenizer needs about 30-150 bytes of working memory per

@@ -101,7 +101,7 @@ class RerankService:
             say(f"cancelled: {dropped} of {unique} distinct documents left the queue unscored")
 
         try:
-            logits, stats = await self.reranker.alogits(
+            logits, stats = await self.reranker.aprompt_logits(
                 prepared, on_progress=ProgressLog(say, len(request.documents)), on_cancel=cancelled
             )
         except NonFiniteError as exc:

@@ -31,7 +31,8 @@ COG_TORCH_CUDA = {
 }
 COG_TORCH_PYTHONS = {"2.9.1": {"3.10", "3.11", "3.12", "3.13", "3.14"}}
 # pkg/schema/types.go PrimitiveFromName, plus list[...] of one (ResolveInputType).
-INPUT_TYPES = {"str", "int", "float", "bool", "Path", "File", "Secret", "list[str]"}
+# types.go PrimitiveFromName, and ResolveFieldType: `X | None` (UnwrapOptional) is Optional.
+INPUT_TYPES = {"str", "int", "float", "bool", "Path", "File", "Secret", "list[str]", "int | None"}
 INPUT_KEYWORDS = ("default", "description", "ge", "le", "min_length", "max_length", "regex")
 INPUT_KEYWORDS += ("choices", "deprecated")
 
