@@ -15,8 +15,10 @@ modifier or regional-indicator pair is cut from what it joins, nor CR from LF), 
 the start of a word. Each window is then tokenized on its own and shrunk if its own ids do
 not fit (rare: the ids at a cut can differ from the whole document's by a token or two).
 
-Consecutive windows share at least ``overlap`` tokens, so a passage shorter than the overlap
-lies whole in at least one window; the last window starts early enough to be a full one.
+Consecutive windows share at least ``overlap`` tokens (counted on the whole document's ids)
+wherever a clean cut lies in reach, which ordinary text always offers when the overlap is a
+fraction of the window; so a passage shorter than the overlap lies whole in some window. The
+last window starts early enough to be a full one.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ MIN_WINDOW_TOKENS = 32
 # Tokens a window is planned short of the room, so that its own ids (which can differ from
 # the whole document's near a cut) still fit; doubled for a window that did not fit.
 FIT_MARGIN_TOKENS = 8
+# How far at least a window reaches past the previous window's end: more than the byte
+# tokens of one character (at most 4), so that there is a place to cut in between.
+REACH_TOKENS = 8
 
 
 @dataclass(frozen=True)
@@ -66,15 +71,28 @@ def split(encoder: PromptEncoder, text: str, room: int, overlap: int) -> Iterato
     """The windows of ``text``, in order, each with at most ``room`` tail ids.
 
     ``overlap`` must be less than ``room`` (see :func:`effective_overlap`). A generator, so
-    that the caller can stop at a token limit before the rest is tokenized.
+    that the caller can stop at a token limit before the rest is tokenized. Each window
+    starts after the previous one, so there are fewer windows than tokens, and reaches past
+    the previous one's end (the overlap is therefore at most the window minus a few tokens).
     """
     cuts = _Cuts(text, encoder.tail_starts(text))
     n = cuts.tokens
-    start = 0  # token index where the window starts
-    margin = min(FIT_MARGIN_TOKENS, room // 4)
+    start, covered = 0, 0  # token index where the window starts; where the last one ended
+    initial_margin = margin = min(FIT_MARGIN_TOKENS, room // 4)
     while True:
         span = room - margin
-        end = n if start + span >= n else cuts.before(start + span, start, lookback=span // 8)
+        if start + span >= n:
+            end = n
+        else:  # past the last window's end, splitting no grapheme, if it can be
+            reach = start + span
+            end = next(
+                (
+                    j
+                    for least, floor in ((2, covered), (2, start), (1, covered), (1, start))
+                    if (j := cuts.before(reach, max(floor, start), span // 8, least)) is not None
+                ),
+                None,
+            )
         if end is None:
             raise ValueError(f"no place to cut the document within {span} tokens")
         a, b = cuts.position(start), cuts.position(end)
@@ -87,12 +105,24 @@ def split(encoder: PromptEncoder, text: str, room: int, overlap: int) -> Iterato
         yield Window(a, b, ids)
         if end == n:
             return
+        covered, margin = end, initial_margin
         target = end - overlap
         if n - target <= span:  # the next window is the last: make it a full one
             target = min(target, n - span)
-        target = max(target, start + 1)
-        start = cuts.before(target, start, lookback=max(overlap // 8, 1)) or end
-        margin = min(FIT_MARGIN_TOKENS, room // 4)
+        # the next window starts after this one, early enough to reach past its end
+        floor = max(start, end - span + REACH_TOKENS)
+        start = next(
+            (
+                j
+                for j in (
+                    cuts.before(max(target, floor + 1), floor, max(overlap // 8, 1), 2),
+                    cuts.after(max(target, start), end),
+                    cuts.before(max(target, floor + 1), floor, 0, 1),
+                )
+                if j is not None
+            ),
+            end,
+        )
 
 
 class _Cuts:
@@ -110,25 +140,29 @@ class _Cuts:
         return len(self.text) if k >= self.tokens else self.starts[k]
 
     def rank(self, k: int) -> int:
-        """2: a word starts at token ``k``; 1: a clean cut; 0: no cut here."""
+        """How good a cut before token ``k`` is: 3 a word starts there, 2 it splits no
+        grapheme, 1 it splits no character (only a run of marks longer than a window needs
+        that), 0 it splits a character (byte pieces of one share its offsets): never."""
         p = self.position(k)
         if not 0 < p < len(self.text) or self.starts[k - 1] >= p:
-            return 0  # a piece of the previous token's character (byte-level BPE)
+            return 0
         before, after = self.text[p - 1], self.text[p]
         if not _clean(before, after):
-            return 0
-        return 2 if before.isspace() and not after.isspace() else 1
+            return 1
+        return 3 if before.isspace() and not after.isspace() else 2
 
-    def before(self, k: int, floor: int, *, lookback: int) -> int | None:
-        """The best cut in ``(floor, k]``: a word start within ``lookback`` tokens of ``k``,
-        else the nearest clean cut, else None."""
-        for j in range(k, max(k - lookback, floor), -1):
-            if self.rank(j) == 2:
+    def before(self, k: int, floor: int, lookback: int, least: int) -> int | None:
+        """The best cut in ``(floor, k]`` of rank ``least`` or more: a word start within
+        ``lookback`` tokens of ``k``, else the nearest; None if there is none."""
+        candidates = range(min(k, self.tokens - 1), floor, -1)
+        for j in candidates[:lookback]:
+            if self.rank(j) == 3:
                 return j
-        for j in range(k, floor, -1):
-            if self.rank(j):
-                return j
-        return None
+        return next((j for j in candidates if self.rank(j) >= least), None)
+
+    def after(self, k: int, ceiling: int) -> int | None:
+        """The nearest cut in ``(k, ceiling)`` that splits no grapheme, or None."""
+        return next((j for j in range(k + 1, ceiling) if self.rank(j) >= 2), None)
 
 
 def _clean(before: str, after: str) -> bool:

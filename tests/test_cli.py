@@ -76,6 +76,21 @@ def test_lines_from_stdin_with_the_console_script(model_dir):
         (["--query", "q", "--documents", "-", "--max-length", "99999"], "a", "max_length"),
         (["--query", "q", "--documents", "-", "--max-length", "30"], "a", "max_length=30"),
         (["--query", "q", "--documents", "-", "--device", "tpu"], "a", "device must be"),
+        (["--query", "q", "--documents", "-", "--long-documents", "x"], "a", "invalid choice"),
+        (
+            [
+                "--query",
+                "q",
+                "--documents",
+                "-",
+                "--long-documents",
+                "chunk",
+                "--chunk-overlap",
+                "-2",
+            ],
+            "a",
+            "chunk_overlap must be between 0 and 32768",
+        ),
     ],
 )
 def test_errors_go_to_stderr_with_nonzero_status(model_dir, args, stdin, message):
@@ -83,6 +98,23 @@ def test_errors_go_to_stderr_with_nonzero_status(model_dir, args, stdin, message
     assert proc.returncode != 0
     assert message in proc.stderr
     assert proc.stdout == "" and "Traceback" not in proc.stderr
+
+
+def test_long_documents_chunk(tmp_path, model_dir, reranker):
+    docs = ["Paris is the capital of France. " * 50, "Lyon"]
+    f = tmp_path / "docs.json"
+    f.write_text(json.dumps(docs))
+    args = ["--max-length", "150", "--long-documents", "chunk", "--chunk-overlap", "20"]
+    proc = run(["--model", str(model_dir), "--query", QUERY, "--documents", str(f), *args])
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    want = reranker.rank(QUERY, docs, max_length=150, long_documents="chunk", chunk_overlap=20)
+    want = want.to_dict()
+    facts = [(r["index"], r["windows"], r["best_span"], r["tokens"]) for r in out["results"]]
+    assert facts == [
+        (r["index"], r["windows"], r["best_span"], r["tokens"]) for r in want["results"]
+    ]
+    assert out["usage"] == want["usage"] and out["usage"]["windows"] > 2
 
 
 def test_read_documents():

@@ -47,6 +47,26 @@ def test_predict_returns_the_output_model(predictor, reranker):
     assert got["usage"] == want["usage"] and got["total_documents"] == 4
 
 
+def test_predict_chunks_long_documents_on_request(predictor, reranker):
+    docs = ["Where is Paris? Paris is in France. " * 40, "Tokyo is in Japan."]
+    out = call(predictor, query="Where is Paris?", documents=docs, top_k=0, max_length=150)
+    assert "windows" not in out.model_dump()["results"][0]  # truncate: the old shape
+    out = call(
+        predictor,
+        query="Where is Paris?",
+        documents=docs,
+        top_k=0,
+        max_length=150,
+        long_documents="chunk",
+    )
+    want = reranker.rank("Where is Paris?", docs, max_length=150, long_documents="chunk")
+    got = out.model_dump()
+    assert [(r["index"], r["windows"], r["best_span"]) for r in got["results"]] == [
+        (r.index, r.windows, list(r.best_span)) for r in want.results
+    ]
+    assert got["usage"]["windows"] == want.usage.windows > 2
+
+
 def test_predict_validates_what_it_receives(predictor):
     with pytest.raises(ValueError, match=r"^documents must be a list of strings, got str"):
         call(predictor, query="q", documents="a string")

@@ -55,6 +55,29 @@ def test_per_document_tokens_and_truncation(server, reranker):
     assert body["output"]["usage"]["truncated_documents"] == 1
 
 
+def test_long_documents_chunk_through_the_server(server, reranker):
+    """The Cog server takes long_documents and chunk_overlap and returns windows and
+    best_span; a truncating request's JSON has no such keys (coglet serializes the pydantic
+    output, whose unset chunk fields predict.py leaves out)."""
+    docs = ["Paris is the capital of France. " * 60, "Lyon is in France."]
+    chunk = {"long_documents": "chunk", "chunk_overlap": 16, "max_length": 160, "top_k": 0}
+    status, body = server.predict({"query": QUERY, "documents": docs, **chunk})
+    assert status == 200 and body["status"] == "succeeded", body
+    want = reranker.rank(QUERY, docs, max_length=160, long_documents="chunk", chunk_overlap=16)
+    want = want.to_dict()
+    got = body["output"]
+    assert [(r["index"], r["windows"], r["best_span"], r["tokens"]) for r in got["results"]] == [
+        (r["index"], r["windows"], r["best_span"], r["tokens"]) for r in want["results"]
+    ]
+    assert got["usage"] == want["usage"] and got["usage"]["windows"] > 2
+    assert abs(got["results"][0]["logit"] - want["results"][0]["logit"]) <= 1e-5
+    status, body = server.predict({"query": QUERY, "documents": docs, "max_length": 160})
+    assert body["status"] == "succeeded", body
+    for r in body["output"]["results"]:
+        assert set(r) == {"index", "document", "score", "logit", "tokens", "truncated"}
+    assert set(body["output"]["usage"]) == {"total_tokens", "truncated_documents"}
+
+
 def test_the_readme_curl_example_works(server):
     from test_readme import local_curl_input
 
@@ -93,6 +116,12 @@ BAD = [
     ({"query": QUERY, "documents": DOCS, "max_length": 30}, "max_length=30 is too small"),
     ({"query": QUERY, "documents": DOCS, "return_documents": "no"}, "return_documents must be"),
     ({"query": QUERY, "documents": DOCS, "instruction": ["x"]}, "instruction must be a string"),
+    ({"query": QUERY, "documents": DOCS, "long_documents": "split"}, "long_documents must be one"),
+    (
+        {"query": QUERY, "documents": DOCS, "long_documents": "chunk", "chunk_overlap": 9000},
+        "chunk_overlap must be less than the window",
+    ),
+    ({"query": QUERY, "documents": DOCS, "chunk_overlap": "8"}, "chunk_overlap must be an int"),
 ]
 
 
