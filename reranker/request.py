@@ -170,10 +170,12 @@ def prepare(request: RerankRequest, encoder: PromptEncoder, limits: Limits) -> P
     tokens = 0
     for start, stop in chunks([len(d) for d in unique], TOKENIZE_CHUNK_CHARS):
         ids, cut = encoder.encode_tails(unique[start:stop], room)
+        long = [start + k for k, c in enumerate(cut) if c] if request.chunked else []
+        starts = dict(zip(long, encoder.tail_starts([unique[j] for j in long]), strict=True))
         for j, doc_ids, was_cut in zip(range(start, stop), ids, cut, strict=True):
             first.append(len(prompts))
-            if was_cut and request.chunked:
-                for w in _windows(encoder, unique[j], room, overlap, inverse, j):
+            if j in starts:
+                for w in _windows(encoder, unique[j], room, overlap, starts.pop(j), inverse, j):
                     tokens += uses[j] * (len(context) + len(w.ids))
                     check_token_budget(tokens, limits, complete=False)
                     prompts.append(w.ids)
@@ -192,11 +194,17 @@ def prepare(request: RerankRequest, encoder: PromptEncoder, limits: Limits) -> P
 
 
 def _windows(
-    encoder: PromptEncoder, text: str, room: int, overlap: int, inverse: list[int], j: int
+    encoder: PromptEncoder,
+    text: str,
+    room: int,
+    overlap: int,
+    starts: list[int],
+    inverse: list[int],
+    j: int,
 ) -> Iterator[Window]:
     """The windows of distinct document ``j``; an error names its first input position."""
     try:
-        yield from split(encoder, text, room, overlap)
+        yield from split(encoder, text, room, overlap, starts)
     except ValueError as exc:
         raise ValueError(f"documents[{inverse.index(j)}]: {exc}") from None
 

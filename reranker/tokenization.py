@@ -96,13 +96,14 @@ class PromptEncoder:
         """User text -> ids, in one batched call, with control tokens spelled out."""
         return [e.ids for e in self._literal.encode_batch(list(texts), add_special_tokens=False)]
 
-    def tail_starts(self, document: str) -> list[int]:
-        """Per id of the document's tail (its ids before truncation): the position in
-        ``document`` of the character it starts at (byte pieces of one character share it)."""
-        tail = format_tail(document)
-        shift = len(tail) - len(document)
-        encoding = self._literal.encode(tail, add_special_tokens=False)
-        return [max(start - shift, 0) for start, _ in encoding.offsets]
+    def tail_starts(self, documents: Sequence[str]) -> list[list[int]]:
+        """Per document, per id of its tail (before truncation): the position in the
+        document of the character the id starts at (byte pieces of one character share it).
+        One batched call."""
+        tails = [format_tail(d) for d in documents]
+        shift = len(format_tail(""))
+        encodings = self._literal.encode_batch(tails, add_special_tokens=False)
+        return [[max(start - shift, 0) for start, _ in e.offsets] for e in encodings]
 
     def head_ids(self, instruction: str, query: str) -> list[int]:
         return self.encode_texts([format_head(instruction, query)])[0]

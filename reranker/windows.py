@@ -23,6 +23,7 @@ last window starts early enough to be a full one.
 
 from __future__ import annotations
 
+import itertools
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ MIN_WINDOW_TOKENS = 32
 # Tokens a window is planned short of the room, so that its own ids (which can differ from
 # the whole document's near a cut) still fit; doubled for a window that did not fit.
 FIT_MARGIN_TOKENS = 8
+# Windows tokenized per call.
+BATCH_WINDOWS = 32
 # How far at least a window reaches past the previous window's end: more than the byte
 # tokens of one character (at most 4), so that there is a place to cut in between.
 REACH_TOKENS = 8
@@ -67,62 +70,50 @@ def effective_overlap(overlap: int | None, window: int) -> int:
     return overlap
 
 
-def split(encoder: PromptEncoder, text: str, room: int, overlap: int) -> Iterator[Window]:
+def split(
+    encoder: PromptEncoder,
+    text: str,
+    room: int,
+    overlap: int,
+    starts: list[int] | None = None,
+) -> Iterator[Window]:
     """The windows of ``text``, in order, each with at most ``room`` tail ids.
 
-    ``overlap`` must be less than ``room`` (see :func:`effective_overlap`). A generator, so
-    that the caller can stop at a token limit before the rest is tokenized. Each window
-    starts after the previous one, so there are fewer windows than tokens, and reaches past
-    the previous one's end (the overlap is therefore at most the window minus a few tokens).
+    ``overlap`` must be less than ``room`` (see :func:`effective_overlap`); ``starts`` are
+    ``encoder.tail_starts([text])[0]`` if the caller has them. A generator, so that the caller can
+    stop at a token limit before the rest is tokenized; windows are tokenized
+    :data:`BATCH_WINDOWS` at a time (one batched call spreads over the tokenizer's threads).
+    Each window starts after the previous one, so there are fewer windows than tokens, and
+    reaches past the previous one's end (the overlap is therefore at most the window minus a
+    few tokens).
     """
-    cuts = _Cuts(text, encoder.tail_starts(text))
-    n = cuts.tokens
-    start, covered = 0, 0  # token index where the window starts; where the last one ended
-    initial_margin = margin = min(FIT_MARGIN_TOKENS, room // 4)
+    cuts = _Cuts(text, encoder.tail_starts([text])[0] if starts is None else starts)
+    margin = min(FIT_MARGIN_TOKENS, room // 4)
+    start, covered, first_margin = 0, 0, margin
     while True:
-        span = room - margin
-        if start + span >= n:
-            end = n
-        else:  # past the last window's end, splitting no grapheme, if it can be
-            reach = start + span
-            end = next(
-                (
-                    j
-                    for least, floor in ((2, covered), (2, start), (1, covered), (1, start))
-                    if (j := cuts.before(reach, max(floor, start), span // 8, least)) is not None
-                ),
-                None,
+        plan = list(
+            itertools.islice(
+                cuts.plan(start, covered, room, overlap, first_margin, margin), BATCH_WINDOWS
             )
-        if end is None:
-            raise ValueError(f"no place to cut the document within {span} tokens")
-        a, b = cuts.position(start), cuts.position(end)
-        (ids,), (cut,) = encoder.encode_tails([text[a:b]], room)
-        if cut:  # its own ids are longer than planned: plan it shorter
-            if margin >= room - 1:
-                raise ValueError("a window's text does not fit max_length on its own")
-            margin = min(2 * margin, room - 1)
-            continue
-        yield Window(a, b, ids)
-        if end == n:
-            return
-        covered, margin = end, initial_margin
-        target = end - overlap
-        if n - target <= span:  # the next window is the last: make it a full one
-            target = min(target, n - span)
-        # the next window starts after this one, early enough to reach past its end
-        floor = max(start, end - span + REACH_TOKENS)
-        start = next(
-            (
-                j
-                for j in (
-                    cuts.before(max(target, floor + 1), floor, max(overlap // 8, 1), 2),
-                    cuts.after(max(target, start), end),
-                    cuts.before(max(target, floor + 1), floor, 0, 1),
-                )
-                if j is not None
-            ),
-            end,
         )
+        spans = [(cuts.window_start(s), cuts.position(e)) for s, e, _ in plan]
+        tails, cut = encoder.encode_tails([text[a:b] for a, b in spans], room)
+        for (s, e, c), (a, b), ids, too_long in zip(plan, spans, tails, cut, strict=True):
+            if too_long:  # its own ids are longer than planned: plan it again, shorter
+                if first_margin >= room - 1 and s == start:
+                    raise ValueError("a window's text does not fit max_length on its own")
+                first_margin = min(2 * (first_margin if s == start else margin), room - 1)
+                start, covered = s, c
+                break
+            yield Window(a, b, ids)
+            if e == cuts.tokens:
+                return
+        else:
+            start, covered, first_margin = (
+                cuts.next_start(*plan[-1][:2], room - margin, overlap),
+                plan[-1][1],
+                margin,
+            )
 
 
 class _Cuts:
@@ -138,6 +129,61 @@ class _Cuts:
         if k == 0:
             return 0
         return len(self.text) if k >= self.tokens else self.starts[k]
+
+    def plan(
+        self, start: int, covered: int, room: int, overlap: int, first_margin: int, margin: int
+    ) -> Iterator[tuple[int, int, int]]:
+        """Windows ``(start, end, covered)`` in tokens from ``start`` on, ``covered`` being
+        where the one before ended; the first planned ``first_margin`` short of ``room``."""
+        span = room - first_margin
+        while True:
+            end = self.end(start, covered, span)
+            yield start, end, covered
+            if end == self.tokens:
+                return
+            start, covered, span = (
+                self.next_start(start, end, room - margin, overlap),
+                end,
+                room - margin,
+            )
+
+    def end(self, start: int, covered: int, span: int) -> int:
+        """Where a window from ``start`` of at most ``span`` tokens ends: past ``covered``
+        (the last window's end) and splitting no grapheme, if it can be."""
+        if start + span >= self.tokens:
+            return self.tokens
+        reach = start + span
+        for least, floor in ((2, covered), (2, start), (1, covered), (1, start)):
+            end = self.before(reach, max(floor, start), span // 8, least)
+            if end is not None:
+                return end
+        raise ValueError(f"no place to cut the document within {span} tokens")
+
+    def next_start(self, start: int, end: int, span: int, overlap: int) -> int:
+        """Where the window after ``[start, end)`` starts: ``overlap`` tokens before ``end``
+        (more for the last window, which is made a full one), after ``start``, and early
+        enough to reach past ``end``."""
+        target = end - overlap
+        if self.tokens - target <= span:
+            target = min(target, self.tokens - span)
+        floor = max(start, end - span + REACH_TOKENS)
+        for j in (
+            self.before(max(target, floor + 1), floor, max(overlap // 8, 1), 2),
+            self.after(max(target, start), end),
+            self.before(max(target, floor + 1), floor, 0, 1),
+        ):
+            if j is not None:
+                return j
+        return end
+
+    def window_start(self, k: int) -> int:
+        """Character where a window starting at token ``k`` starts: a single space that
+        opens the token is left out, since the prompt puts one before the document (so the
+        window reads "<Document>: word", as a document of that text would)."""
+        p = self.position(k)
+        if 0 < p < len(self.text) - 1 and self.text[p] == " " and not self.text[p + 1].isspace():
+            return p + 1
+        return p
 
     def rank(self, k: int) -> int:
         """How good a cut before token ``k`` is: 3 a word starts there, 2 it splits no
