@@ -80,8 +80,8 @@ def split(
     """The windows of ``text``, in order, each with at most ``room`` tail ids.
 
     ``overlap`` must be less than ``room`` (see :func:`effective_overlap`); ``starts`` are
-    ``encoder.tail_starts([text])[0]`` if the caller has them. A generator, so that the caller can
-    stop at a token limit before the rest is tokenized; windows are tokenized
+    ``encoder.tail_starts([text])[0]``, if the caller has them. A generator, so that the
+    caller can stop at a token limit before the rest is tokenized; windows are tokenized
     :data:`BATCH_WINDOWS` at a time (one batched call spreads over the tokenizer's threads).
     Each window starts after the previous one, so there are fewer windows than tokens, and
     reaches past the previous one's end (the overlap is therefore at most the window minus a
@@ -89,31 +89,23 @@ def split(
     """
     cuts = _Cuts(text, encoder.tail_starts([text])[0] if starts is None else starts)
     margin = min(FIT_MARGIN_TOKENS, room // 4)
-    start, covered, first_margin = 0, 0, margin
+    plans = cuts.plan(0, 0, room, overlap, margin, margin)
+    retry, retry_margin = -1, margin  # the window planned again, and its margin
     while True:
-        plan = list(
-            itertools.islice(
-                cuts.plan(start, covered, room, overlap, first_margin, margin), BATCH_WINDOWS
-            )
-        )
+        plan = list(itertools.islice(plans, BATCH_WINDOWS))
         spans = [(cuts.window_start(s), cuts.position(e)) for s, e, _ in plan]
         tails, cut = encoder.encode_tails([text[a:b] for a, b in spans], room)
         for (s, e, c), (a, b), ids, too_long in zip(plan, spans, tails, cut, strict=True):
             if too_long:  # its own ids are longer than planned: plan it again, shorter
-                if first_margin >= room - 1 and s == start:
+                retry_margin = 2 * retry_margin if s == retry else 2 * margin
+                if retry_margin >= room:
                     raise ValueError("a window's text does not fit max_length on its own")
-                first_margin = min(2 * (first_margin if s == start else margin), room - 1)
-                start, covered = s, c
+                retry = s
+                plans = cuts.plan(s, c, room, overlap, retry_margin, margin)
                 break
             yield Window(a, b, ids)
             if e == cuts.tokens:
                 return
-        else:
-            start, covered, first_margin = (
-                cuts.next_start(*plan[-1][:2], room - margin, overlap),
-                plan[-1][1],
-                margin,
-            )
 
 
 class _Cuts:
@@ -186,16 +178,21 @@ class _Cuts:
         return p
 
     def rank(self, k: int) -> int:
-        """How good a cut before token ``k`` is: 3 a word starts there, 2 it splits no
-        grapheme, 1 it splits no character (only a run of marks longer than a window needs
-        that), 0 it splits a character (byte pieces of one share its offsets): never."""
+        """How good a cut before token ``k`` is: 3 a word starts there (or after the one
+        space there), 2 it splits no grapheme, 1 it splits no character (only a run of marks
+        longer than a window needs that), 0 it splits a character (byte pieces of one share
+        its offsets): never."""
         p = self.position(k)
         if not 0 < p < len(self.text) or self.starts[k - 1] >= p:
             return 0
         before, after = self.text[p - 1], self.text[p]
         if not _clean(before, after):
             return 1
-        return 3 if before.isspace() and not after.isspace() else 2
+        if before.isspace() and not after.isspace():
+            return 3  # e.g. after a newline
+        # " word": the window leaves the space out (window_start) and starts at the word
+        following = self.text[p + 1] if p + 1 < len(self.text) else " "
+        return 3 if after == " " and not before.isspace() and not following.isspace() else 2
 
     def before(self, k: int, floor: int, lookback: int, least: int) -> int | None:
         """The best cut in ``(floor, k]`` of rank ``least`` or more: a word start within
