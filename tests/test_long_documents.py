@@ -92,7 +92,8 @@ def test_every_window_is_scored_as_the_recipe_scores_its_text(reranker, recipe):
 
 def test_windows_cover_the_document_and_cut_only_between_graphemes(reranker, tokenizer):
     """Windows start at 0, end at the document's end, each starts after and ends after the
-    previous one (leaving out at most the single space a window would open with), they overlap by at least the overlap (when it is a fraction of the window), and
+    previous one (leaving out at most the single space a window would open with), they
+    overlap by at least the overlap (when it is a fraction of the window), and
     every cut is a grapheme-cluster boundary (\\X of the regex module, an independent
     oracle); each window's ids decode to exactly its text (no split UTF-8 character).
 
