@@ -23,7 +23,12 @@ Faults seen failing (injected in production code, test run, reverted):
   out_dtype=float32)``: TypeError "meta_mm() takes 2 positional arguments but 3 were given"
   at warm-up (torch 2.9.1 has no meta for ``aten.mm.dtype``).
 * an FP8 weight of a non-multiple-of-16 width (``_maybe_fp8`` quantizing ``lin.weight[:-1]``):
-  fails the multiple-of-16 assertion below (and ``_scaled_mm``'s meta kernel).
+  RuntimeError "Expected both dimensions of mat2 to be divisible by 16 but got
+  torch.Size([4096, 6143])" from ``_scaled_mm``'s meta kernel at warm-up (the fixture), before
+  the multiple-of-16 assertion below is reached.
+* a graph break: NOT covered. No ``fullgraph=True`` check is in this test yet: dynamo runs its
+  nodes on fake values, and its ``getitem`` nodes hit the same driver guard (see
+  devtools/fakecuda.py), so it needs the shims applied inside dynamo's own fake mode.
 """
 
 from __future__ import annotations
