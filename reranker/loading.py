@@ -56,6 +56,24 @@ def load_engine(
         raise
     except Exception as exc:
         raise ModelLoadError(f"cannot load the model from {source}: {_first_line(exc)}") from exc
+    return engine_from_model(hf_model, encoder, settings, source=source, started=started)
+
+
+def engine_from_model(
+    hf_model,
+    encoder: PromptEncoder,
+    settings: Settings,
+    *,
+    source: str = "",
+    started: float | None = None,
+    capability: tuple[int, int] | None = None,
+) -> Engine:
+    """The replica over an already-built Qwen3ForCausalLM (on its device, in its dtype):
+    the scorer (fusion, FP8 quantization, numerics, attention backend), the engine and its
+    warm-up at the budgets. ``capability`` is the GPU's compute capability (None: ask
+    ``torch.cuda``); a parameter so that a model on fake CUDA tensors takes this same road."""
+    started = time.perf_counter() if started is None else started
+    device = hf_model.get_input_embeddings().weight.device
     scorer = QwenScorer(
         hf_model.eval(),
         yes_id=encoder.yes_id,
@@ -63,6 +81,7 @@ def load_engine(
         attention=settings.attention,
         compile=settings.compile,
         quantization=settings.quantization,
+        capability=capability,
     )
     if not hf_model.config.tie_word_embeddings:
         hf_model.lm_head = None  # 1.2 GB on the 8B model; the scorer copied the two rows it needs
@@ -74,7 +93,7 @@ def load_engine(
         "tokens = %.2f GiB) in %.1fs",
         source,
         device,
-        str(dtype).removeprefix("torch."),
+        str(scorer.dtype).removeprefix("torch."),
         scorer.attention.name,
         engine.max_batch_tokens,
         engine.max_prefix_tokens,

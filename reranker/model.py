@@ -76,7 +76,10 @@ class QwenScorer:
         compile: bool | None = None,
         numerics: str = "auto",
         quantization: str = "none",
+        capability: tuple[int, int] | None = None,
     ) -> None:
+        """``capability``: the GPU's compute capability for the FP8 check (None: ask
+        ``torch.cuda``; see :func:`reranker.fp8.unsupported_reason`)."""
         config = hf_model.config
         if getattr(config, "model_type", None) != "qwen3":
             raise UnsupportedModelError(
@@ -98,7 +101,7 @@ class QwenScorer:
             raise UnsupportedModelError("attention scaling other than 1/sqrt(head_dim)")
         self.device = self.embed.weight.device
         self.dtype = self.embed.weight.dtype
-        if quantization == "fp8" and (reason := fp8.unsupported_reason(self.device)):
+        if quantization == "fp8" and (reason := fp8.unsupported_reason(self.device, capability)):
             raise fp8.FP8UnsupportedError(fp8.requirement(reason))
         self.norm_weight = core.norm.weight.detach().float()
         vocab = hf_model.get_output_embeddings().weight

@@ -33,21 +33,28 @@ def resolve_placement(
     attention: str = "auto",
     quantization: str = "none",
     label: Callable[[str], str] = _same,
+    gpus: int | None = None,
+    capability: tuple[int, int] | None = None,
 ) -> Placement:
     """Devices and dtype; raises ``ValueError`` naming the field (through ``label``).
 
     ``device`` None: every visible GPU in turn (``replicas`` None: one replica per GPU), else
     the CPU. ``dtype`` None: float16 on CUDA (the design's choice), float32 on CPU.
+
+    ``gpus`` (visible GPUs) and ``capability`` (their compute capability) default to what
+    ``torch.cuda`` reports; parameters so that the rule can be checked, and a model placed on
+    fake CUDA tensors (tests/test_fake_cuda.py), without the GPU they describe.
     """
+    if gpus is None:
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if isinstance(device, torch.device):
         device = str(device)
     if device:
         check_device_name(label("device"), device)
-        if device.startswith("cuda") and not torch.cuda.is_available():
+        if device.startswith("cuda") and not gpus:
             raise ValueError(f"{label('device')}={device}, but this machine has no usable CUDA")
         names = [device] * (replicas or 1)
-    elif torch.cuda.is_available():
-        gpus = torch.cuda.device_count()
+    elif gpus:
         names = [f"cuda:{i % gpus}" for i in range(replicas or gpus)]
     else:
         names = ["cpu"] * (replicas or 1)
@@ -59,7 +66,7 @@ def resolve_placement(
         )
     if quantization == "fp8":
         for d in dict.fromkeys(devices):
-            if reason := fp8.unsupported_reason(d):
+            if reason := fp8.unsupported_reason(d, capability):
                 raise ValueError(fp8.requirement(reason, label("quantization")))
     if isinstance(dtype, torch.dtype):
         dtype = str(dtype).removeprefix("torch.")
