@@ -17,6 +17,7 @@ from pydantic import BaseModel, model_serializer
 
 from reranker.config import Settings
 from reranker.request import RerankRequest
+from reranker.scoring import CHUNK_ONLY_FIELDS
 from reranker.service import RerankService
 
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -43,7 +44,7 @@ class ChunkFieldsOmitted(BaseModel):
     @model_serializer(mode="wrap")
     def _omit_unset_chunk_fields(self, handler):
         out = handler(self)
-        for name in ("windows", "best_span"):
+        for name in CHUNK_ONLY_FIELDS:
             if out.get(name, 0) is None:
                 del out[name]
         return out
