@@ -194,6 +194,31 @@ class FakeCuda(TorchFunctionMode):
 
 
 @contextmanager
+def view_indexing() -> Iterator[None]:
+    """Within the block, ``Tensor.__getitem__`` is :func:`apply_index` (ATen view ops).
+
+    For tracing with Dynamo on fake CUDA values: Dynamo runs each node on fake tensors of its
+    own ``FakeTensorMode``, outside :class:`FakeCuda`, and a ``getitem`` node there enters
+    ``THPVariable_getitem``'s device guard (module docstring): "CUDA driver version is
+    insufficient" on torch 2.9.1 (later torch skips the guard for fake tensors, pytorch PR
+    #163016). ``Tensor.__getitem__`` is a Python-visible slot, so replacing it reaches every
+    index expression, traced or not; the traced graph is unchanged (still ``operator.getitem``).
+    """
+
+    def getitem(self: torch.Tensor, index: Any) -> torch.Tensor:
+        view, idx, dim = apply_index(self, index)
+        if idx is None:
+            return view if view is not self else torch.ops.aten.alias(view)
+        return torch.ops.aten.index.Tensor(view, [None] * dim + [idx])
+
+    torch.Tensor.__getitem__ = getitem
+    try:
+        yield
+    finally:
+        torch.Tensor.__getitem__ = _GETITEM
+
+
+@contextmanager
 def fake_cuda() -> Iterator[FakeTensorMode]:
     """Within the block, CUDA tensors are fake (no driver, no memory); yields the fake mode."""
     mode = FakeTensorMode(allow_non_fake_inputs=True)

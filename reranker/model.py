@@ -246,9 +246,11 @@ class QwenScorer:
 class CompiledOrEager:
     """``torch.compile(fn)``, or ``fn`` itself once compilation has failed (logged once)."""
 
-    def __init__(self, fn) -> None:
+    def __init__(self, fn, **options) -> None:
+        """``options`` go to ``torch.compile`` beside ``dynamic=True`` (tests add
+        ``fullgraph=True``: tests/test_fake_cuda.py)."""
         self.fn = fn
-        self.compiled = torch.compile(fn, dynamic=True)
+        self.compiled = torch.compile(fn, **{"dynamic": True, **options})
         self.failed = False
 
     def __call__(self, *args):

@@ -7,9 +7,14 @@ capability 9.0 given explicitly), ``loading.engine_from_model`` (fusion, FP8 qua
 numerics selection, attention backend selection, warm-up at the full token budget beside the
 full prefix-KV bound), and ``Reranker.score`` on a mixed request (a 32k-token document
 truncated, prefix reuse on and off). Every ATen op runs through its meta/fake kernel for the
-fake CUDA device, so an op without a CUDA path for its dtypes, or a shape it rejects (e.g.
-``_scaled_mm``'s multiple-of-16 rule, checked in its meta kernel in
-torch/_meta_registrations.py), fails here as on a GPU.
+fake CUDA device, so a shape it rejects (e.g. ``_scaled_mm``'s multiple-of-16 rule, checked
+in its meta kernel in torch/_meta_registrations.py) fails here as on a GPU. Meta kernels
+check few dtypes: those are checked from an op log (below).
+
+Dynamo's trace of the layer functions is checked with ``fullgraph=True`` (backend ``eager``)
+at the arguments the layer loop really passes; every ATen op is logged and checked for a
+CUDA kernel, for the dtypes the narrower CUDA kernels take (``_scaled_mm``, ``bmm.dtype``,
+flash attention) and for float8 reaching nothing but views, copies and ``_scaled_mm``.
 
 Not shown by fake tensors: numerics (every value is 0: scores are 0.5, the attention
 self-check passes every candidate, so ``auto`` takes the first, aten._flash_attention_forward
@@ -26,23 +31,34 @@ Faults seen failing (injected in production code, test run, reverted):
   RuntimeError "Expected both dimensions of mat2 to be divisible by 16 but got
   torch.Size([4096, 6143])" from ``_scaled_mm``'s meta kernel at warm-up (the fixture), before
   the multiple-of-16 assertion below is reached.
-* a graph break: NOT covered. No ``fullgraph=True`` check is in this test yet: dynamo runs its
-  nodes on fake values, and its ``getitem`` nodes hit the same driver guard (see
-  devtools/fakecuda.py), so it needs the shims applied inside dynamo's own fake mode.
+* a graph break (``torch._dynamo.graph_break()`` added to ``attention_output_and_mlp``):
+  ``CompiledOrEager(..., fullgraph=True)`` logs "torch.compile of attention_output_and_mlp
+  failed (Call to `torch._dynamo.graph_break()` ..." and falls back, so ``failed`` is set.
+* ``fp8.OUT_DTYPE = torch.float16``: the meta kernel takes it, a GPU on torch 2.9.1 + CUDA
+  12.8 would not; the dtype table fails on ``aten::_scaled_mm``.
+* ``_scaled_mm`` replaced by ``torch.mm`` on the e4m3 operands (the meta kernel takes it; no
+  CUDA GEMM dispatches on float8): the float8 rule fails on ``aten::mm``.
+
+Also not covered: an op with no CUDA kernel at all (none of production's ops is one, and no
+realistic change was found that adds one); the check is ``_kernel_path`` below.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
-from devtools.fakecuda import fake_cuda
+from devtools.fakecuda import fake_cuda, view_indexing
 from devtools.offline import QWEN3_8B, qwen3_config
 from reranker import Reranker, Settings
 from reranker.loading import engine_from_model
+from reranker.model import CompiledOrEager, attention_inputs, attention_output_and_mlp
 from reranker.packing import Segment, pack
 from reranker.placement import resolve_placement
 from reranker.tokenization import PromptEncoder
@@ -72,6 +88,21 @@ def fake_8b(tokenizer):
         engine = engine_from_model(model, encoder, settings, capability=H100)
         yield mode, engine, encoder, settings, model
     print(f"\nfake 8B built and warmed up in {time.perf_counter() - started:.1f}s")
+
+
+@pytest.fixture(scope="module")
+def fake_8b_float16(fake_8b):
+    """The default deployment (float16, no FP8), built inside ``fake_8b``'s fake CUDA mode."""
+    _, _, encoder, _, _ = fake_8b
+    model = _fake_8b(torch.float16)
+    settings = Settings(compile=False)
+    return engine_from_model(model, encoder, settings, capability=H100)
+
+
+def _engine(request, quantization: str):
+    if quantization == "fp8":
+        return request.getfixturevalue("fake_8b")[1]
+    return request.getfixturevalue("fake_8b_float16")
 
 
 def test_placement_numerics_backend_and_fp8_shapes(fake_8b):
@@ -182,3 +213,130 @@ def test_mixed_request(fake_8b, prefix_reuse):
     assert len(scores) == 3
     assert all(s == 0.5 for s in scores)  # fake tensors have no values: every logit is 0
     assert reranker.engine.passes > before
+
+
+def _recording(fn, calls: list):
+    def record(*args):
+        calls.append(args)
+        return fn(*args)
+
+    return record
+
+
+@pytest.mark.parametrize("quantization", ["fp8", "none"])
+def test_layer_functions_compile_to_one_graph_each(request, quantization, caplog):
+    """``fullgraph=True`` on the production wrapper (``CompiledOrEager``) at the arguments
+    the layer loop really passes: the first layer's (a 2-segment pass) and the last layer's
+    ``post`` (two gathered rows, 16-bit weights). A graph break fails it: Dynamo raises,
+    ``CompiledOrEager`` logs and falls back to eager, ``failed`` is set.
+
+    ``backend="eager"``: Dynamo's trace is what can break; inductor would generate code for
+    a GPU it cannot query. ``view_indexing`` (devtools/fakecuda.py) lets Dynamo run its
+    getitem nodes on fake CUDA values on torch 2.9.1.
+    """
+    scorer = _engine(request, quantization).scorer
+    pre_calls, post_calls = [], []
+    fns = (
+        _recording(attention_inputs, pre_calls),
+        _recording(attention_output_and_mlp, post_calls),
+    )
+    batch = pack([Segment([13] * 300), Segment([13] * 211)], [], scorer.device)
+    with torch.inference_mode():
+        scorer._run(batch, (), None, scorer.numerics, scorer.attention, layer_fns=fns)
+    cases = [
+        (attention_inputs, pre_calls[0]),
+        (attention_output_and_mlp, post_calls[0]),
+        (attention_output_and_mlp, post_calls[-1]),
+    ]
+    assert post_calls[-1][0].shape == (2, 4096)
+    torch._dynamo.reset()
+    with torch.overrides._pop_mode_temporarily(), view_indexing(), torch.inference_mode():
+        for fn, args in cases:
+            wrapped = CompiledOrEager(fn, fullgraph=True, backend="eager")
+            with caplog.at_level(logging.WARNING, logger="reranker.model"):
+                out = wrapped(*args)
+            assert not wrapped.failed, caplog.text
+            eager = fn(*args)
+            for a, b in zip(tree_leaves(out), tree_leaves(eager), strict=True):
+                assert (a.shape, a.dtype, a.device) == (b.shape, b.dtype, b.device)
+    torch._dynamo.reset()
+
+
+class _OpLog(TorchDispatchMode):
+    """Every ATen op that touches a CUDA tensor, with its input and output dtypes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[str, set[tuple[tuple[str, ...], tuple[str, ...]]]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        ins = [x for x in tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
+        outs = [x for x in tree_leaves(out) if isinstance(x, torch.Tensor)]
+        if func.name().startswith("aten::") and any(x.is_cuda for x in ins + outs):
+            dtypes = tuple(_short(x.dtype) for x in ins), tuple(_short(x.dtype) for x in outs)
+            self.calls.setdefault(func.name(), set()).add(dtypes)
+        return out
+
+
+def _short(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# Kernels whose CUDA implementation accepts fewer dtypes than their meta kernel checks, and
+# the dtypes the CUDA kernel takes (inputs in schema order, outputs):
+# * _scaled_mm, row-wise scales: e4m3 operands, float32 scales; output bfloat16 only on torch
+#   2.9.1 built for CUDA 12.8 (reranker/fp8.py's docstring cites the check in Blas.cpp)
+# * bmm.dtype: "out_dtype must be the same as input dtype or fp32 for fp16/bf16 inputs"
+#   (_bmm_out_dtype_cuda's check, aten/src/ATen/native/cuda/Blas.cpp)
+# * flash attention: "FlashAttention only support fp16 and bf16 data type" (flash_api.cpp)
+_SIXTEEN = ("float16", "bfloat16")
+_CUDA_DTYPES = {
+    "aten::_scaled_mm": lambda i, o: (
+        i == ("float8_e4m3fn",) * 2 + ("float32",) * 2 and o == ("bfloat16",)
+    ),
+    "aten::bmm.dtype": lambda i, o: i[0] in _SIXTEEN and i[1] == i[0] and o == ("float32",),
+    "aten::_flash_attention_forward": lambda i, o: i[0] in _SIXTEEN and i[1:3] == (i[0],) * 2,
+}
+# float8 tensors may only be viewed, copied (quantized) or multiplied by _scaled_mm: no other
+# CUDA kernel dispatches on float8 types
+_FLOAT8_OPS = {"aten::_scaled_mm", "aten::_to_copy", "aten::to.dtype", "aten::t", "aten::view"}
+_FLOAT8_OPS |= {"aten::slice.Tensor", "aten::select.int", "aten::transpose.int", "aten::alias"}
+_FLOAT8_OPS |= {"aten::detach"}
+
+
+def _kernel_path(name: str) -> bool:
+    """Whether the op runs on CUDA: a CUDA kernel, or a composite one (which re-dispatches to
+    ops that are logged and checked themselves)."""
+    keys = ("CUDA", "CompositeExplicitAutograd", "CompositeImplicitAutograd")
+    keys += ("CompositeExplicitAutogradNonFunctional",)
+    return any(torch._C._dispatch_has_kernel_for_dispatch_key(name, k) for k in keys)
+
+
+@pytest.mark.parametrize("quantization", ["fp8", "none"])
+def test_every_op_has_a_cuda_kernel_for_its_dtypes(request, quantization):
+    """Warm-up (a context pass, then a pass continuing the prefix bound's contexts) and a
+    mixed request with prefix reuse, logged op by op: each op has a CUDA (or composite)
+    kernel, the kernels with narrower CUDA dtype support get dtypes they take, and float8
+    values reach no op but views, copies and ``_scaled_mm``.
+
+    The ops ``devtools.fakecuda`` substitutes for SDPA (masked plain attention, for lone
+    segments) are logged too; they are ordinary CUDA ops."""
+    engine = _engine(request, quantization)
+    _, _, encoder, settings, _ = request.getfixturevalue("fake_8b")
+    reranker = Reranker([engine], encoder).with_settings(settings)
+    log = _OpLog()
+    with log:
+        engine.warmup()
+        reranker.score("what is this?", ["a short one", "word " * 40_000], max_length=32_768)
+    missing = [name for name in log.calls if not _kernel_path(name)]
+    assert not missing, missing
+    for name, rule in _CUDA_DTYPES.items():
+        for ins, outs in log.calls.get(name, ()):
+            assert rule(ins, outs), (name, ins, outs)
+    float8 = {n for n, calls in log.calls.items() for i, o in calls if "float8_e4m3fn" in i + o}
+    assert float8 <= _FLOAT8_OPS, float8 - _FLOAT8_OPS
+    expected = {"aten::bmm.dtype", "aten::_flash_attention_forward"}
+    expected |= {"aten::_scaled_mm"} if quantization == "fp8" else set()
+    assert expected <= set(log.calls), expected - set(log.calls)
+    assert ("aten::_scaled_mm" in log.calls) == (quantization == "fp8")
