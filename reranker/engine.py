@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -225,7 +226,12 @@ class Engine:
 
     def _warmup_passes(self) -> None:
         filler = 13  # any ordinary token id
+        started = time.perf_counter()
         (context,) = self._context_pass([Item((filler,) * 64)])
+        # the first pass traces and compiles the layer graphs when compile is on: its seconds
+        # are reported as ``compile``, the remaining passes' as ``warmup`` (scorer.setup_seconds)
+        compiled = getattr(self.scorer, "compiled", False)
+        first = self._record("compile" if compiled else "first pass", started)
         # As many cached prefix tokens as the scheduler lets this replica keep, continued by a
         # full pass (which also copies the contexts it continues). Not every runtime shape:
         # many segments continuing long prefixes gather more keys per layer; out-of-memory
@@ -235,3 +241,15 @@ class Engine:
         del held
         # one and several segments: settles compiled graphs (if any) before real traffic
         self._score_pass([Item((filler,) * 7, context), Item((filler,) * 5)])
+        self._record("warmup", first)
+
+    def _record(self, step: str, started: float) -> float:
+        """Store the seconds since ``started`` (device work included) as a setup step."""
+        device = self.scorer.device
+        if device.type == "cuda" and torch.cuda.is_available():
+            torch.cuda.synchronize(device)
+        now = time.perf_counter()
+        steps = getattr(self.scorer, "setup_seconds", None)
+        if steps is not None:
+            steps[step] = now - started
+        return now

@@ -73,6 +73,7 @@ def engine_from_model(
     warm-up at the budgets. ``capability`` is the GPU's compute capability (None: ask
     ``torch.cuda``); a parameter so that a model on fake CUDA tensors takes this same road."""
     started = time.perf_counter() if started is None else started
+    loaded = time.perf_counter() - started  # reading the checkpoint onto the device
     device = hf_model.get_input_embeddings().weight.device
     scorer = QwenScorer(
         hf_model.eval(),
@@ -88,9 +89,11 @@ def engine_from_model(
     engine = engine_for(scorer, settings)
     if settings.warmup and device.type == "cuda":
         engine.warmup()
+    scorer.setup_seconds = {"load": loaded, **scorer.setup_seconds}
+    steps = ", ".join(f"{k} {v:.1f}s" for k, v in scorer.setup_seconds.items())
     log.info(
         "loaded %s on %s in %s (attention: %s, %d tokens per pass, up to %d cached prefix "
-        "tokens = %.2f GiB) in %.1fs",
+        "tokens = %.2f GiB) in %.1fs (%s)",
         source,
         device,
         str(scorer.dtype).removeprefix("torch."),
@@ -99,6 +102,7 @@ def engine_from_model(
         engine.max_prefix_tokens,
         engine.max_prefix_tokens * scorer.kv_bytes_per_token / 2**30,
         time.perf_counter() - started,
+        steps,
     )
     return engine
 

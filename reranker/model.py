@@ -20,6 +20,7 @@ the norms are float32 (see :class:`Numerics`). A segment that still overflows is
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -110,7 +111,13 @@ class QwenScorer:
         self.head = (vocab[yes_id].detach().float() - vocab[no_id].detach().float()).contiguous()
         self.norm_eps = float(config.rms_norm_eps)
         # fused q/k/v and gate/up; FP8 if asked (reranker.layers)
+        started = time.perf_counter()
         self.layer_weights = prepare_layers(self.layers, quantization)
+        if self.device.type == "cuda" and torch.cuda.is_available():
+            torch.cuda.synchronize(self.device)
+        #: seconds of this scorer's setup steps (the setup log line reports them; the engine's
+        #: warm-up adds ``compile`` and ``warmup``)
+        self.setup_seconds: dict[str, float] = {"fusion": time.perf_counter() - started}
         self.quantization = quantization
         if numerics == "auto":  # float16 lacks the residual stream's range (module docstring)
             numerics = FLOAT32_RESIDUAL.name if self.dtype == torch.float16 else NATIVE.name
@@ -129,6 +136,7 @@ class QwenScorer:
             self._pre = CompiledOrEager(attention_inputs)
             self._post = CompiledOrEager(attention_output_and_mlp)
         self._model = hf_model  # keeps the weights alive; never changed here
+        started = time.perf_counter()
         self.attention: Backend = select_backend(
             attention,
             heads=self.num_heads,
@@ -137,6 +145,7 @@ class QwenScorer:
             device=self.device,
             dtype=self.dtype,
         )
+        self.setup_seconds["attention"] = time.perf_counter() - started  # its self-check
         self._safe_attention = None  # built on first use: most deployments never need it
 
     # -- public --------------------------------------------------------------------------
