@@ -1,6 +1,7 @@
 """Fused projections (q/k/v and gate/up as one GEMM each) against the per-projection GEMMs.
 
     uv run python bench/fused.py [--reps N]
+    uv run python bench/fused.py --smoke       # seconds: the tiny model, small workloads, 1 rep
 
 Both variants run in one process on the same model (CPU_SCALE, float32) and the same token
 ids, interleaved (ABBA per repetition), so that load from other processes on a shared machine
@@ -63,12 +64,16 @@ def unfuse(reranker) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--smoke", action="store_true", help="the tiny model, small workloads, 1 rep")
     args = p.parse_args()
-    tokenizer, encoder, model = cpu_scale_setup()
+    if args.smoke:
+        args.reps = 1
+    tokenizer, encoder, model = cpu_scale_setup(args.smoke)
     fused = ours(model, encoder, Settings())
     unfused = ours(model, encoder, Settings())
     unfuse(unfused)
-    work = [workloads.standard(tokenizer, n=100), workloads.short(tokenizer, n=1000)]
+    n = (4, 8) if args.smoke else (100, 1000)
+    work = [workloads.standard(tokenizer, n=n[0]), workloads.short(tokenizer, n=n[1])]
     for w in work:
         a = fused.score(w.query, w.documents, instruction=w.instruction, max_length=w.max_length)
         b = unfused.score(w.query, w.documents, instruction=w.instruction, max_length=w.max_length)

@@ -2,6 +2,7 @@
 
     uv run python bench/load.py                      # tiny random model, built on the fly
     uv run python bench/load.py --model DIR --clients 1,4,16 --requests 96
+    uv run python bench/load.py --smoke              # seconds: 1 and 2 clients, 4 requests
 
 Every client sends RAG-sized requests (5-50 documents) one after another; a 409 (every slot
 busy) is retried as a real client would. Reported: throughput against the same requests sent
@@ -94,7 +95,10 @@ def main() -> None:
     p.add_argument("--clients", default="1,2,4,8,16")
     p.add_argument("--requests", type=int, default=64)
     p.add_argument("--concurrency", type=int, default=16, help="COG_MAX_CONCURRENCY")
+    p.add_argument("--smoke", action="store_true", help="--clients 1,2 --requests 4")
     args = p.parse_args()
+    if args.smoke:
+        args.clients, args.requests = "1,2", 4
     levels = [int(x) for x in args.clients.split(",")]
     tmp = tempfile.TemporaryDirectory()
     model = args.model or tiny_model(Path(tmp.name) / "tiny")

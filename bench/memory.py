@@ -3,6 +3,7 @@
     uv run python bench/memory.py                                  # this checkout, 1/20 scale
     uv run python bench/memory.py --project /tmp/base --label before  # another checkout's code
     uv run python bench/memory.py --off                            # admission bounds at 10^12
+    uv run python bench/memory.py --smoke                          # seconds: 1/200 scale, 2 clients
 
 The server (devtools/localserver.py, tiny random model from devtools/offline.py) runs with
 every RERANKER_* request limit divided by ``--scale`` (and the in-flight bounds too, unless
@@ -165,13 +166,13 @@ def one_case(kind: str, mode: str) -> None:
     )
 
 
-def per_character() -> None:
+def per_character(kinds=("words", "digits", "emoji-cjk"), modes=("whole", "chunks")) -> None:
     print("# prepare() of 1,000 documents, fresh process per row; peak = VmHWM over the call")
     print("| text | tokenized | characters | tokens | peak MiB | peak B/char ", end="")
     print("| held MiB | held B/token |")
     print("|---|---|---|---|---|---|---|---|")
-    for kind in ("words", "digits", "emoji-cjk"):
-        for mode in ("whole", "chunks"):
+    for kind in kinds:
+        for mode in modes:
             subprocess.run([sys.executable, __file__, "--case", kind, mode], check=True)
 
 
@@ -184,11 +185,17 @@ def main() -> None:
     p.add_argument("--off", action="store_true", help="admission bounds at 10^12 (off)")
     p.add_argument("--per-char", action="store_true", help="tokenization cost per character")
     p.add_argument("--case", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--smoke", action="store_true", help="--scale 200 --clients 2, one --per-char row"
+    )
     args = p.parse_args()
     if args.case:
         return one_case(*args.case)
     if args.per_char:
         return per_character()
+    if args.smoke:
+        args.scale, args.clients = 200, 2
+        per_character(kinds=("words",), modes=("chunks",))
     env = {f"RERANKER_{k}": str(v // args.scale) for k, v in LIMITS.items()}
     for k, v in BOUNDS.items():
         env[f"RERANKER_{k}"] = str(10**12 if args.off else v // args.scale)

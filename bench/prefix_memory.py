@@ -2,6 +2,7 @@
 
     uv run python bench/prefix_memory.py                         # CPU, CPU_SCALE model, 1/4 scale
     uv run python bench/prefix_memory.py --device cuda --scale 1  # the 8B shape, on a GPU
+    uv run python bench/prefix_memory.py --smoke                 # seconds: tiny model, 1/64 scale
 
 16 requests arrive at once through the async road (as the Cog server sends them), each with a
 query of about ``30,000 / scale`` tokens (each prefix alone over the bound), then of
@@ -55,14 +56,17 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--scale", type=int, default=4, help="divide query length and bound by this")
+    p.add_argument("--smoke", action="store_true", help="CPU, the tiny model, --scale 64")
     args = p.parse_args()
+    if args.smoke:
+        args.device, args.scale = "cpu", 64
     if args.device == "cuda":
         tokenizer = build_tokenizer()
         encoder = PromptEncoder(tokenizer)
         model = build_model("cuda", torch.float16, quick=False)
         print(f"# cuda {torch.cuda.get_device_name()} | torch {torch.__version__} | 8B shape")
     else:
-        tokenizer, encoder, model = cpu_scale_setup()
+        tokenizer, encoder, model = cpu_scale_setup(args.smoke)
     bound = Settings.max_prefix_tokens // args.scale
     max_length = 32768 // args.scale
     base = Settings(device=args.device, prefix_reuse="on", max_query_chars=10**6)

@@ -1,6 +1,7 @@
 """Prefix reuse on CPU: ``auto`` (decided per document) against ``on`` and ``off``.
 
     uv run python bench/prefix_reuse.py
+    uv run python bench/prefix_reuse.py --smoke   # seconds: the tiny model, 40 + 1 documents
 
 The request that a request-wide rule got wrong: many short documents and one long one. With
 reuse for every document, the long one's continued attention goes through a materialized mask
@@ -10,6 +11,7 @@ should be no slower than either.
 
 from __future__ import annotations
 
+import argparse
 import resource
 import sys
 import time
@@ -25,11 +27,15 @@ from reranker import Settings  # noqa: E402
 
 
 def main() -> None:
-    tokenizer, encoder, model = cpu_scale_setup()
-    short = workloads.short(tokenizer, n=400)
-    (long_doc,) = workloads.long(tokenizer, 8192).documents
-    docs = [*short.documents[:200], long_doc, *short.documents[200:]]
-    print("# 400 documents of ~30 tokens and one of ~8k tokens, max_length 8192")
+    p = argparse.ArgumentParser()
+    p.add_argument("--smoke", action="store_true", help="the tiny model, 40 + 1 documents")
+    smoke = p.parse_args().smoke
+    tokenizer, encoder, model = cpu_scale_setup(smoke)
+    n, long_tokens = (40, 1024) if smoke else (400, 8192)
+    short = workloads.short(tokenizer, n=n)
+    (long_doc,) = workloads.long(tokenizer, long_tokens).documents
+    docs = [*short.documents[: n // 2], long_doc, *short.documents[n // 2 :]]
+    print(f"# {n} documents of ~30 tokens and one of ~{long_tokens} tokens, max_length 8192")
     for mode in ("off", "on", "auto", "off", "on", "auto"):
         r = ours(model, encoder, Settings(prefix_reuse=mode))
         started = time.perf_counter()

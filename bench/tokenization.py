@@ -2,6 +2,7 @@
 
     uv run python bench/tokenization.py                       # table on stdout
     uv run python bench/tokenization.py --out bench/results/tokenize-cpu-DATE.txt
+    uv run python bench/tokenization.py --smoke               # seconds: one english row
 
 Each case runs in a fresh process (Rust allocations are invisible to tracemalloc): it builds
 the real Qwen3 tokenizer and the document, then reports the best of 5 ``encode`` calls (the
@@ -122,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="10000,100000,1000000")
     p.add_argument("--max-lengths", default="256,8192")
     p.add_argument("--out", type=Path, help="also write the table here")
+    p.add_argument("--smoke", action="store_true", help="--kinds english --sizes 10000 ...256")
     args = p.parse_args(argv)
+    if args.smoke:
+        args.kinds, args.sizes, args.max_lengths = "english", "10000", "256"
     if args.one:
         kind, size, max_length, mode = args.one
         print(json.dumps(one(kind, int(size), int(max_length), mode)))

@@ -4,7 +4,9 @@
   from a log-normal distribution (median 200 tokens, 5% above 2,000);
 * ``short``: 1,000 documents of about 30 tokens;
 * ``long``: one document of 32k tokens (GPU) or 4k tokens (CPU);
-* ``huge``: a 5,000-document request (short documents), the memory-bound case.
+* ``huge``: a 5,000-document request (short documents), the memory-bound case;
+* ``rag``: many small requests, each a fresh query over a retriever's top ``n`` passages of
+  128-384 tokens (mean 256, a common RAG chunk size): latency, one request at a time.
 
 Documents are windows of one long stream of pseudo-words, decoded back to text, so their
 token counts land within a token or two of the target.
@@ -45,12 +47,13 @@ class TextSource:
         syllables = ["ka", "to", "ri", "ne", "sa", "lo", "mi", "du", "ve", "ga", "pho", "str"]
         words = ["".join(rng.choices(syllables, k=rng.randint(1, 4))) for _ in range(3000)]
         words += ["tea", "green", "health", "the", "of", "and", "is", "daily", "benefit"] * 30
-        pieces = []
-        while len(pieces) < tokens:  # ~1.3 tokens per word; trimmed below
-            sentence = " ".join(rng.choices(words, k=rng.randint(6, 18)))
-            pieces.append(sentence.capitalize() + rng.choice([".", ".", "!", "?", ";"]))
+        pieces, n_words = [], 0
+        while n_words < tokens:  # a word is at least one token: the stream holds ``tokens``
+            sentence = rng.choices(words, k=rng.randint(6, 18))
+            n_words += len(sentence)
+            pieces.append(" ".join(sentence).capitalize() + rng.choice([".", ".", "!", "?", ";"]))
         self.tokenizer = tokenizer
-        self.ids = tokenizer(" ".join(pieces), add_special_tokens=False).input_ids
+        self.ids = tokenizer(" ".join(pieces), add_special_tokens=False).input_ids[:tokens]
         self.rng = random.Random(seed + 1)
 
     def document(self, n_tokens: int) -> str:
@@ -80,3 +83,19 @@ def huge(tokenizer, n: int = 5000, seed: int = 3) -> Workload:
     source = TextSource(tokenizer, seed)
     docs = [source.document(k) for k in lognormal_lengths(n, seed, median=40)]
     return Workload(f"{n}-docs", docs, max_length=8192)
+
+
+def rag(tokenizer, n_docs: int, n_requests: int, seed: int = 4) -> list[Workload]:
+    """``n_requests`` requests of ``n_docs`` passages each, every one with its own query (no
+    prefix shared across requests)."""
+    source = TextSource(tokenizer, seed)
+    rng = random.Random(seed)
+    return [
+        Workload(
+            f"rag-{n_docs}",
+            [source.document(rng.randint(128, 384)) for _ in range(n_docs)],
+            max_length=8192,
+            query=f"question {r}: {QUERY}",
+        )
+        for r in range(n_requests)
+    ]

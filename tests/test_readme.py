@@ -61,6 +61,11 @@ NOT_RUN_HERE = {
     "  -H ": "continues the line above",
     "  -d ": "continues the line above",
     "python3 bench/run.py --device cuda": "needs a GPU",
+    "sh bench/gpu_prepare.sh": "downloads wheels from PyPI for the GPU machine",
+    "# on the GPU machine": "a comment",
+    "python3 -m pip install -q --no-index": "runs on the GPU machine (its --smoke is tested)",
+    "  --target /tmp/site": "continues the line above",
+    "  python3 bench/gpu_all.py": "continues the line above",
 }
 
 
