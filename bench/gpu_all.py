@@ -218,22 +218,20 @@ STAGES = {"checkpoint": stage_checkpoint, "perf": stage_perf}
 
 def plan(args, model: Path) -> list[tuple[str, list[str]]]:
     """(stage, command) in order; see the module docstring."""
-    me = [sys.executable, str(Path(__file__).resolve())]
-    common = ["--device", args.device, "--model", str(model)]
-    common += ["--tokenizer", args.tokenizer] if args.tokenizer else []
-    common += ["--smoke"] if args.smoke else []
+    # what every stage takes (device, tokenizer, smoke); this script's own stages add --model
+    shared = ["--device", args.device]
+    shared += ["--tokenizer", args.tokenizer] if args.tokenizer else []
+    shared += ["--smoke"] if args.smoke else []
+    me = [sys.executable, str(Path(__file__).resolve()), *shared, "--model", str(model)]
     half = "float16" if args.device == "cuda" else "float32"
     fp8 = "fp8" if args.device == "cuda" else "fp8-emulated"  # CPU: the exact emulation
-    tok = ["--tokenizer", args.tokenizer] if args.tokenizer else []
-    smoke = ["--smoke"] if args.smoke else []
-    device = ["--device", args.device]
     return [
-        ("checkpoint", [*me, "--stage", "checkpoint", *common]),
-        ("float16", [*me, "--stage", "perf", *common, "--dtype", half, "--eager"]),
-        ("check", [sys.executable, str(BENCH / "gpu_check.py"), *device, *tok, *smoke]),
-        ("fp8", [*me, "--stage", "perf", *common, "--dtype", half, "--quantization", fp8]),
-        ("bfloat16", [*me, "--stage", "perf", *common, "--dtype", "bfloat16"]),
-        ("long", [sys.executable, str(BENCH / "long_documents.py"), *device, *tok, *smoke]),
+        ("checkpoint", [*me, "--stage", "checkpoint"]),
+        ("float16", [*me, "--stage", "perf", "--dtype", half, "--eager"]),
+        ("check", [sys.executable, str(BENCH / "gpu_check.py"), *shared]),
+        ("fp8", [*me, "--stage", "perf", "--dtype", half, "--quantization", fp8]),
+        ("bfloat16", [*me, "--stage", "perf", "--dtype", "bfloat16"]),
+        ("long", [sys.executable, str(BENCH / "long_documents.py"), *shared]),
     ]
 
 

@@ -57,21 +57,23 @@ def command(name: str, out: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def smokes(tmp_path_factory) -> dict[str, tuple[str, float, str]]:
+def gpu_all_out(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("gpu-all")
+
+
+@pytest.fixture(scope="module")
+def smokes(gpu_all_out) -> dict[str, tuple[str, float, str]]:
     """name -> (status, seconds, output) for every script's smoke, gpu_all's first."""
-    out = tmp_path_factory.mktemp("gpu-all")
     names = sorted(set(scripts()) - (stage_scripts() - {"gpu_all"}), key=lambda n: n != "gpu_all")
 
     def smoke(name: str) -> tuple[str, float, str]:
         log = io.StringIO()
         box = GPU_ALL_DEADLINE + 60 if name == "gpu_all" else BOX
-        status, seconds = gpu_all.run_stage(name, command(name, out), box, log)
+        status, seconds = gpu_all.run_stage(name, command(name, gpu_all_out), box, log)
         return status, seconds, log.getvalue()
 
     with ThreadPoolExecutor(2) as pool:
-        results = dict(zip(names, pool.map(smoke, names), strict=True))
-    results["gpu_all"] += (out,)
-    return results
+        return dict(zip(names, pool.map(smoke, names), strict=True))
 
 
 def test_the_bench_scripts_are_found():
@@ -83,14 +85,15 @@ def test_the_bench_scripts_are_found():
 
 @pytest.mark.parametrize("name", sorted(set(scripts()) - stage_scripts()))
 def test_smoke(smokes, name):
-    status, seconds, output = smokes[name][:3]
+    status, seconds, output = smokes[name]
     assert status == "ok", (
         f"bench/{name}.py --smoke: {status} after {seconds:.0f}s\n{output[-6000:]}"
     )
 
 
-def test_gpu_all_smoke_runs_every_stage_and_labels_its_figures(smokes):
-    status, _, output, out = smokes["gpu_all"]
+def test_gpu_all_smoke_runs_every_stage_and_labels_its_figures(smokes, gpu_all_out):
+    status, _, output = smokes["gpu_all"]
+    out = gpu_all_out
     results = json.loads((out / "gpu-all.json").read_text())
     stages = {name: s["status"] for name, s in results["stages"].items()}
     assert stages == {name: "ok" for name in gpu_all.BOXES}, output[-6000:]
