@@ -214,7 +214,7 @@ async def _clients(reranker, scheduler, requests, k):
     async def client():
         while queue:
             prepared = queue.pop()
-            await scheduler.logits(prepared.encoded, batch_size=prepared.request.batch_size)
+            await scheduler.logits(prepared.encoded, batch_size=prepared.request.options.batch_size)
 
     await asyncio.gather(*(client() for _ in range(k)))
 

@@ -11,15 +11,16 @@ document in input order; ``rank`` is the sort-and-slice over the same logits.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, contextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
+from . import loop
 from .admission import Admission, Admitted
-from .config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH, Limits, Settings
+from .config import Limits, Settings
 from .engine import Engine
 from .loading import ModelLoadError, engine_for, load_encoder, load_engine
 from .placement import Placement, resolve_placement
@@ -31,6 +32,8 @@ from .tokenization import PromptEncoder
 from .validation import check_bool, check_pairs
 
 __all__ = ["ModelLoadError", "Reranker"]
+
+T = TypeVar("T")
 
 
 class Reranker:
@@ -103,7 +106,8 @@ class Reranker:
         )
 
     def close(self) -> None:
-        """Stop the scheduler's worker threads, if async calls started any."""
+        """Stop the scheduler's worker threads (queued requests fail with a clear error).
+        Optional: workers also stop when the reranker is collected or the interpreter exits."""
         self.scheduler.close()
 
     @property
@@ -120,29 +124,22 @@ class Reranker:
 
     # -- the road every caller takes --------------------------------------------------------
 
-    def request(self, query: Any, documents: Any, **fields: Any) -> RerankRequest:
+    def request(self, query: Any, documents: Any, **options: Any) -> RerankRequest:
         """A validated request under this reranker's limits (see ``RerankRequest.build``)."""
-        return RerankRequest.build(self.limits, query=query, documents=documents, **fields)
+        return RerankRequest.build(self.limits, query=query, documents=documents, **options)
 
     def prepare(self, request: RerankRequest) -> PreparedRequest:
         """Tokenize the request and check its token budget."""
         return prepare(request, self.encoder, self.limits)
 
-    def admit(self, request: RerankRequest) -> AbstractAsyncContextManager[Admitted]:
+    @asynccontextmanager
+    async def admit(self, request: RerankRequest) -> AsyncIterator[Admitted]:
         """``async with reranker.admit(request) as admitted:`` waits for room under the
         in-flight bounds (:mod:`reranker.admission`), tokenizes in a thread, and holds the
-        request's tokens until the block exits; pass ``admitted.prepared`` to :meth:`alogits`.
-        """
-        return self.admission.admit(request, self.prepare)
-
-    def prompt_logits(
-        self, prepared: PreparedRequest, on_progress: OnProgress | None = None
-    ) -> tuple[list[float], RequestStats]:
-        """float32 ``logit_yes - logit_no`` per prompt of ``prepared`` (per distinct document,
-        or per window of a chunked one), blocking: what ``RerankResult.build`` takes."""
-        return self.scheduler.logits_sync(
-            prepared.encoded, batch_size=prepared.request.batch_size, on_progress=on_progress
-        )
+        request's tokens until the block exits; pass ``admitted.prepared`` to
+        :meth:`aprompt_logits`."""
+        async with self.admission.admit([request], self.prepare) as (admitted,):
+            yield admitted
 
     async def aprompt_logits(
         self,
@@ -150,45 +147,38 @@ class Reranker:
         on_progress: OnProgress | None = None,
         on_cancel: OnCancel | None = None,
     ) -> tuple[list[float], RequestStats]:
-        """:meth:`prompt_logits` for an event loop; its prompts share passes with other
-        calls'."""
+        """float32 ``logit_yes - logit_no`` per prompt of ``prepared`` (per distinct document,
+        or per window of a chunked one), what ``RerankResult.build`` takes; its prompts share
+        passes with other calls'."""
         return await self.scheduler.logits(
             prepared.encoded,
-            batch_size=prepared.request.batch_size,
+            batch_size=prepared.request.options.batch_size,
             on_progress=on_progress,
             on_cancel=on_cancel,
         )
 
-    def logits(
+    async def alogits(
         self, prepared: PreparedRequest, on_progress: OnProgress | None = None
     ) -> tuple[list[float], RequestStats]:
-        """float32 ``logit_yes - logit_no`` per input document (input order; a chunked
-        document's best window's), blocking."""
-        prompt, stats = self.prompt_logits(prepared, on_progress)
+        """:meth:`aprompt_logits` per input document (input order; a chunked document's best
+        window's)."""
+        prompt, stats = await self.aprompt_logits(prepared, on_progress)
         return prepared.expand(prompt), stats
 
-    async def alogits(
-        self,
-        prepared: PreparedRequest,
-        on_progress: OnProgress | None = None,
-        on_cancel: OnCancel | None = None,
-    ) -> tuple[list[float], RequestStats]:
-        """:meth:`logits` for an event loop; its documents share passes with other calls'."""
-        prompt, stats = await self.aprompt_logits(prepared, on_progress, on_cancel)
-        return prepared.expand(prompt), stats
+    async def arerank(
+        self, request: RerankRequest, on_progress: OnProgress | None = None
+    ) -> RerankResult:
+        """Rank one request's documents (its ``top_k`` and ``return_documents`` apply)."""
+        async with self.admit(request) as admitted:
+            logits, _ = await self.aprompt_logits(admitted.prepared, on_progress)
+            return RerankResult.build(admitted.prepared, logits)
 
     def rerank(self, request: RerankRequest, *, show_progress_bar: bool = False) -> RerankResult:
-        """Rank one request's documents (its ``top_k`` and ``return_documents`` apply)."""
+        """:meth:`arerank`, blocking (run on the loop thread, :mod:`reranker.loop`)."""
         check_bool("show_progress_bar", show_progress_bar)
-        with self.admission.admit_blocking([request], self.prepare) as (admitted,):
-            prepared = admitted.prepared
-            bar = ProgressBar(len(request.documents)) if show_progress_bar else None
-            try:
-                logits, _ = self.prompt_logits(prepared, on_progress=bar)
-            finally:
-                if bar is not None:
-                    bar.close()
-            return RerankResult.build(prepared, logits)
+        return _blocking(
+            lambda post: self.arerank(request, post), len(request.documents), show_progress_bar
+        )
 
     # -- public API ------------------------------------------------------------------------
 
@@ -197,29 +187,20 @@ class Reranker:
         query: str,
         documents: Sequence[str],
         *,
-        instruction: str | None = None,
-        max_length: int = DEFAULT_MAX_LENGTH,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        long_documents: str = "truncate",
-        chunk_overlap: int | None = None,
         show_progress_bar: bool = False,
+        **options: Any,
     ) -> list[float]:
         """P(yes) for each document, in input order (the model card's score).
 
-        ``long_documents="chunk"`` scores a document longer than ``max_length`` as windows
-        sharing ``chunk_overlap`` tokens (default: 256, at most 1/8 of the window) and gives
-        it its best window's score; ``"truncate"`` (the default) cuts its end, as the model
-        card does.
+        ``options`` are :class:`~reranker.options.RerankOptions` fields but ``top_k`` and
+        ``return_documents``: ``instruction``, ``max_length``, ``batch_size``, and
+        ``long_documents="chunk"``, which scores a document longer than ``max_length`` as
+        windows sharing ``chunk_overlap`` tokens (default: 256, at most 1/8 of the window)
+        and gives it its best window's score; ``"truncate"`` (the default) cuts its end, as
+        the model card does.
         """
-        request = self.request(
-            query,
-            documents,
-            instruction=instruction,
-            max_length=max_length,
-            batch_size=batch_size,
-            long_documents=long_documents,
-            chunk_overlap=chunk_overlap,
-        )
+        _refuse(options, "score", RANKING_ONLY)
+        request = self.request(query, documents, **options)
         result = self.rerank(request, show_progress_bar=show_progress_bar)
         scores = [0.0] * len(request.documents)
         for r in result.results:
@@ -231,44 +212,25 @@ class Reranker:
         query: str,
         documents: Sequence[str],
         *,
-        instruction: str | None = None,
-        top_k: int | None = None,
-        max_length: int = DEFAULT_MAX_LENGTH,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        return_documents: bool = True,
-        long_documents: str = "truncate",
-        chunk_overlap: int | None = None,
         show_progress_bar: bool = False,
+        **options: Any,
     ) -> RerankResult:
         """Documents sorted by score (ties by input index); ``top_k`` None or 0 keeps all.
 
-        ``long_documents`` and ``chunk_overlap`` as in :meth:`score`; chunked results also
-        carry each document's ``windows`` and the ``best_span`` of its best window.
+        ``options`` are :class:`~reranker.options.RerankOptions` fields (``top_k``,
+        ``return_documents``, and those of :meth:`score`); chunked results also carry each
+        document's ``windows`` and the ``best_span`` of its best window.
         """
-        request = self.request(
-            query,
-            documents,
-            instruction=instruction,
-            top_k=top_k,
-            max_length=max_length,
-            batch_size=batch_size,
-            return_documents=return_documents,
-            long_documents=long_documents,
-            chunk_overlap=chunk_overlap,
-        )
+        request = self.request(query, documents, **options)
         return self.rerank(request, show_progress_bar=show_progress_bar)
 
     def predict(
         self,
         pairs: Sequence[Sequence[str]],
         *,
-        instruction: str | None = None,
-        max_length: int = DEFAULT_MAX_LENGTH,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        long_documents: str = "truncate",
-        chunk_overlap: int | None = None,
         show_progress_bar: bool = False,
         convert_to_numpy: bool = True,
+        **options: Any,
     ) -> np.ndarray | list[float]:
         """P(yes) for each ``(query, document)`` pair, in input order.
 
@@ -276,8 +238,9 @@ class Reranker:
         (MTEB, BEIR scripts) and adapters (LangChain's ``BaseCrossEncoder.score``) work as
         they are. Pairs are grouped by query, one request per query, so each query's prompt
         prefix is still computed once; all groups run in one go and share passes.
-        ``long_documents`` and ``chunk_overlap`` as in :meth:`score`.
+        ``options`` as in :meth:`score`.
         """
+        _refuse(options, "predict", RANKING_ONLY)
         check_bool("show_progress_bar", show_progress_bar)
         check_bool("convert_to_numpy", convert_to_numpy)
         checked = check_pairs(pairs)
@@ -287,39 +250,53 @@ class Reranker:
         requests: list[RerankRequest] = []
         for query, members in groups.items():
             with _naming_pairs(members):
-                requests.append(
-                    self.request(
-                        query,
-                        [checked[i][1] for i in members],
-                        instruction=instruction,
-                        max_length=max_length,
-                        batch_size=batch_size,
-                        long_documents=long_documents,
-                        chunk_overlap=chunk_overlap,
-                    )
-                )
+                requests.append(self.request(query, [checked[i][1] for i in members], **options))
         members_of = {id(r): m for r, m in zip(requests, groups.values(), strict=True)}
 
         def prepare_group(request: RerankRequest) -> PreparedRequest:
             with _naming_pairs(members_of[id(request)]):
                 return self.prepare(request)
 
-        # all groups are admitted as one: they are in flight together
-        with self.admission.admit_blocking(requests, prepare_group) as admitted:
-            prepared = [a.prepared for a in admitted]
-            bar = ProgressBar(len(checked)) if show_progress_bar else None
-            try:
-                results = self.scheduler.logits_sync_many(
-                    [p.encoded for p in prepared], batch_size=batch_size, on_progress=bar
+        async def run(post: OnProgress | None) -> list[list[float]]:
+            # all groups are admitted as one: they are in flight together
+            async with self.admission.admit(requests, prepare_group) as admitted:
+                prepared = [a.prepared for a in admitted]
+                results = await self.scheduler.logits_many(
+                    [p.encoded for p in prepared],
+                    batch_size=requests[0].options.batch_size,
+                    on_progress=post,
                 )
-            finally:
-                if bar is not None:
-                    bar.close()
+            return [p.expand(unique) for p, (unique, _) in zip(prepared, results, strict=True)]
+
         scores = [0.0] * len(checked)
-        for p, members, (unique, _) in zip(prepared, groups.values(), results, strict=True):
-            for i, logit in zip(members, p.expand(unique), strict=True):
+        logits = _blocking(run, len(checked), show_progress_bar)
+        for members, group in zip(groups.values(), logits, strict=True):
+            for i, logit in zip(members, group, strict=True):
                 scores[i] = sigmoid(logit)
         return np.asarray(scores, dtype=np.float64) if convert_to_numpy else scores
+
+
+# Options that shape ranked results, which ``score`` and ``predict`` do not return.
+RANKING_ONLY = ("top_k", "return_documents")
+
+
+def _refuse(options: dict[str, Any], method: str, names: Sequence[str]) -> None:
+    for name in names:
+        if name in options:
+            raise TypeError(f"{method}() got an unexpected keyword argument {name!r}")
+
+
+def _blocking(
+    make: Callable[[OnProgress | None], Coroutine[Any, Any, T]], total: int, show_bar: bool
+) -> T:
+    """Run a coroutine of the async core on the loop thread, with a progress bar drawn in
+    the caller's thread when asked."""
+    bar = ProgressBar(total) if show_bar else None
+    try:
+        return loop.run(make, bar)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 @contextmanager

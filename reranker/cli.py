@@ -12,14 +12,9 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from .config import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_MAX_LENGTH,
-    DTYPE_NAMES,
-    LONG_DOCUMENTS_NAMES,
-    Settings,
-)
+from .config import DTYPE_NAMES, Settings
 from .documents_file import FORMATS, load_documents
+from .options import add_arguments, from_arguments
 from .request import RerankRequest
 
 # Hub ids as huggingface_hub's validate_repo_id (utils/_validators.py) accepts them, but with
@@ -86,28 +81,9 @@ def parser() -> argparse.ArgumentParser:
         "otherwise an error if the whole text is some other JSON value (an object, a string, a "
         "number, true, false, null); otherwise lines",
     )
-    p.add_argument("--instruction", default=None, help="default: the model card's instruction")
-    p.add_argument("--top-k", type=int, default=0, help="results to print; 0 prints all")
-    p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH)
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    p.add_argument(
-        "--long-documents",
-        choices=LONG_DOCUMENTS_NAMES,
-        default="truncate",
-        help="a document longer than --max-length: truncate cuts its end (default, the model "
-        "card's way); chunk scores it whole as overlapping windows and keeps its best window",
-    )
-    p.add_argument(
-        "--chunk-overlap",
-        type=int,
-        default=None,
-        metavar="TOKENS",
-        help="with --long-documents chunk: tokens consecutive windows share (default: 256, at "
-        "most 1/8 of the window)",
-    )
+    add_arguments(p)  # --instruction, --max-length, --top-k...: from RerankOptions
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if any)")
     p.add_argument("--dtype", default=None, choices=DTYPE_NAMES)
-    p.add_argument("--no-documents", action="store_true", help="omit document text in results")
     p.add_argument(
         "--quiet",
         action="store_true",
@@ -125,16 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
         # Fail on bad arguments before spending seconds importing torch and loading weights.
         request = RerankRequest.build(
-            settings.limits,
-            query=args.query,
-            documents=documents,
-            instruction=args.instruction,
-            top_k=args.top_k,
-            max_length=args.max_length,
-            batch_size=args.batch_size,
-            return_documents=not args.no_documents,
-            long_documents=args.long_documents,
-            chunk_overlap=args.chunk_overlap,
+            settings.limits, query=args.query, documents=documents, **from_arguments(args)
         )
         from .api import Reranker
         from .config import HUB_MODEL_ID

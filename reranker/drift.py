@@ -360,7 +360,9 @@ def score_requests(
     """Every document of every request, scored by ``reranker`` (a :class:`Reranker`)."""
     out = []
     for i, request in enumerate(requests):
-        whole = replace(request, top_k=None, return_documents=False)
+        whole = replace(
+            request, options=replace(request.options, top_k=None, return_documents=False)
+        )
         try:
             result = reranker.rerank(whole)
         except ValueError as exc:  # e.g. the token budget, known only after tokenizing

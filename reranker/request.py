@@ -13,82 +13,41 @@ to documents, and a document's logit is that of its best window.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from .config import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_MAX_LENGTH,
-    LONG_DOCUMENTS_NAMES,
-    MAX_LENGTH_LIMIT,
-    Limits,
-    check_choice,
-)
+from .config import Limits
+from .options import RerankOptions, spec, unknown
 from .prompt import resolve_instruction
 from .tokenization import EncodedRequest, PromptEncoder
-from .validation import check_bool, check_documents, check_int, check_text, check_token_budget
+from .validation import check_documents, check_text, check_token_budget
 from .windows import Window, effective_overlap, split
 
 
 @dataclass(frozen=True)
 class RerankRequest:
-    """A validated request. Build it with :meth:`build`, which checks every field."""
+    """A validated request: the query, the documents and the options (:mod:`.options`).
+    Build it with :meth:`build`, which checks every field."""
 
     query: str
     documents: tuple[str, ...]
-    instruction: str  # resolved: None at build time means the model card's default
-    top_k: int | None = None  # None or 0: every document
-    max_length: int = DEFAULT_MAX_LENGTH
-    batch_size: int = DEFAULT_BATCH_SIZE
-    return_documents: bool = True
-    long_documents: str = "truncate"  # truncate | chunk
-    chunk_overlap: int | None = None  # tokens; None: the default for the window (chunk only)
+    options: RerankOptions = field(default_factory=RerankOptions)
 
     @property
-    def chunked(self) -> bool:
-        return self.long_documents == "chunk"
+    def instruction(self) -> str:
+        """The instruction the prompt uses: None (the default) is the model card's."""
+        return resolve_instruction(self.options.instruction)
 
     @classmethod
-    def build(
-        cls,
-        limits: Limits,
-        *,
-        query: Any,
-        documents: Any,
-        instruction: Any = None,
-        top_k: Any = None,
-        max_length: Any = DEFAULT_MAX_LENGTH,
-        batch_size: Any = DEFAULT_BATCH_SIZE,
-        return_documents: Any = True,
-        long_documents: Any = "truncate",
-        chunk_overlap: Any = None,
-    ) -> RerankRequest:
-        """Check every field; raises ``ValueError`` whose message starts with the field's name."""
+    def build(cls, limits: Limits, *, query: Any, documents: Any, **options: Any) -> RerankRequest:
+        """Check every field; raises ``ValueError`` whose message starts with the field's name
+        (query, then the instruction, the documents and the other options)."""
+        unknown(options)
         query = check_text("query", query, max_chars=limits.max_query_chars, allow_empty=False)
-        if instruction is not None:  # None: the model card's default instruction
-            instruction = check_text(
-                "instruction", instruction, max_chars=limits.max_query_chars, allow_empty=True
-            )
+        if "instruction" in options:  # named before the documents, as callers expect
+            spec("instruction").check("instruction", options["instruction"], limits)
         docs = check_documents(documents, limits)
-        check_int("max_length", max_length, low=1, high=MAX_LENGTH_LIMIT)
-        check_int("batch_size", batch_size, low=1)
-        if top_k is not None:
-            check_int("top_k", top_k, low=0)
-        check_bool("return_documents", return_documents)
-        check_choice("long_documents", long_documents, LONG_DOCUMENTS_NAMES)
-        if chunk_overlap is not None:  # checked against the window when it is known
-            check_int("chunk_overlap", chunk_overlap, low=0, high=MAX_LENGTH_LIMIT)
-        return cls(
-            query=query,
-            documents=tuple(docs),
-            instruction=resolve_instruction(instruction),
-            top_k=top_k,
-            max_length=max_length,
-            batch_size=batch_size,
-            return_documents=return_documents,
-            long_documents=long_documents,
-            chunk_overlap=chunk_overlap,
-        )
+        return cls(query, tuple(docs), RerankOptions.build(limits, **options))
 
 
 @dataclass(frozen=True)
@@ -161,8 +120,9 @@ def prepare(request: RerankRequest, encoder: PromptEncoder, limits: Limits) -> P
     uses = [0] * len(unique)
     for j in inverse:
         uses[j] += 1
-    context, room = encoder.context_ids(request.instruction, request.query, request.max_length)
-    overlap = effective_overlap(request.chunk_overlap, room) if request.chunked else 0
+    options = request.options
+    context, room = encoder.context_ids(request.instruction, request.query, options.max_length)
+    overlap = effective_overlap(options.chunk_overlap, room) if options.chunked else 0
     prompts: list[tuple[int, ...]] = []
     truncated: list[bool] = []
     first: list[int] = []
@@ -170,7 +130,7 @@ def prepare(request: RerankRequest, encoder: PromptEncoder, limits: Limits) -> P
     tokens = 0
     for start, stop in chunks([len(d) for d in unique], TOKENIZE_CHUNK_CHARS):
         ids, cut = encoder.encode_tails(unique[start:stop], room)
-        long = [start + k for k, c in enumerate(cut) if c] if request.chunked else []
+        long = [start + k for k, c in enumerate(cut) if c] if options.chunked else []
         starts = dict(zip(long, encoder.tail_starts([unique[j] for j in long]), strict=True))
         for j, doc_ids, was_cut in zip(range(start, stop), ids, cut, strict=True):
             first.append(len(prompts))
@@ -188,7 +148,7 @@ def prepare(request: RerankRequest, encoder: PromptEncoder, limits: Limits) -> P
             spans.append((0, len(unique[j])))
         check_token_budget(tokens, limits, complete=stop == len(unique))
     encoded = EncodedRequest(context, prompts, truncated)
-    if not request.chunked:
+    if not options.chunked:
         return PreparedRequest(request, inverse, encoded)
     return PreparedRequest(request, inverse, encoded, [*first, len(prompts)], spans)
 

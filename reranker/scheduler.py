@@ -1,20 +1,22 @@
 """The one road from a tokenized request to logits: documents of every caller share passes.
 
-Every caller comes through here: the library's ``Reranker.score/rank`` and the CLI
-(:meth:`Scheduler.logits_sync`), and the Cog server (:meth:`Scheduler.logits`, async). One
-queue holds the pending documents of every request in flight. A pass is filled round-robin
-from the waiting requests (so a 5,000-document request cannot starve a 10-document one) under
-the replica's token budget (:class:`~reranker.batching.PassFill`), and each request gets its
-own logits back, in input order. A request's shared prompt prefix is computed once per
+Every caller comes through here: the library's ``Reranker.score/rank``, the CLI and the Cog
+server all await :meth:`Scheduler.logits`. One queue holds the pending documents of every
+request in flight. A pass is filled round-robin from the waiting requests (so a
+5,000-document request cannot starve a 10-document one) under the replica's token budget
+(:class:`~reranker.batching.PassFill`), and each request gets its own logits back, in input
+order. A request's shared prompt prefix is computed once per
 replica that serves it, and its keys and values stay on that replica's device until the
 request ends. Those are the only device memory that grows with the number of requests, so
 each replica holds at most ``Engine.max_prefix_tokens`` of them: a request whose prefix does
 not fit waits (arrival order, no overtaking) until earlier requests end; one larger than the
 whole bound runs when the replica holds none.
 
-Async callers are served by one worker thread per replica, started on first use. A blocking
-caller with no workers running drives the passes itself, in its own thread, so the library
-starts no threads and keeps none alive.
+Passes run only on the worker threads, one per replica, started on the first request and
+stopped by :meth:`Scheduler.close` (or at interpreter exit). Callers submit and await their
+logits (:meth:`Scheduler.logits`); the library's blocking calls are the same coroutine run on
+a loop thread (:mod:`reranker.loop`). A replica's cached-prefix room is a
+:class:`~reranker.gate.FifoGate`, the same rule admission applies to requests.
 
 Cancelling a request (its coroutine is cancelled, or a blocking caller is interrupted) drops
 its documents that have not yet started: they leave the queue at the next pass boundary, and
@@ -24,13 +26,15 @@ other requests are unaffected.
 from __future__ import annotations
 
 import asyncio
-import itertools
+import atexit
+import contextlib
+import functools
 import logging
 import math
-import queue
 import threading
 import time
 import traceback
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +42,7 @@ from typing import Literal
 
 from .batching import PassFill, length_order
 from .engine import Engine, Item, PassResult
+from .gate import FifoGate, Ticket
 from .model import ContextKV, NonFiniteError
 from .tokenization import EncodedRequest
 
@@ -74,7 +79,8 @@ class _Request:
     logits: list[float | None]
     remaining: int
     contexts: dict[int, ContextKV] = field(default_factory=dict)  # replica -> prefix KV
-    prefix_room: set[int] = field(default_factory=set)  # replicas holding room for the prefix
+    room: dict[int, Ticket] = field(default_factory=dict)  # replica -> its prefix room
+    used: set[int] = field(default_factory=set)  # replicas that took documents of it
     cancelled: bool = False
     stats: RequestStats = field(default_factory=RequestStats)
 
@@ -99,12 +105,11 @@ class Scheduler:
         self.engines = list(engines)
         self._cond = threading.Condition()
         self._waiting: deque[_Request] = deque()  # requests with documents not yet taken
-        self._replica_locks = [threading.Lock() for _ in self.engines]  # one pass at a time
+        # per replica: the cached prefixes it may hold (first come, first served)
+        self._rooms = [FifoGate(e.max_prefix_tokens) for e in self.engines]
         self._threads: list[threading.Thread] = []
         self._closed = False
-        self._prefix_held = [0] * len(self.engines)  # per replica: cached prefix tokens
-        self.prefix_peak = [0] * len(self.engines)  # the most each replica ever held
-        self._changes = 0  # bumped whenever work or room appears; idle passes wait for it
+        self._changes = 0  # bumped whenever work or room appears; idle workers wait for it
 
     # -- callers ---------------------------------------------------------------------------
 
@@ -120,71 +125,38 @@ class Scheduler:
 
         ``on_progress`` and ``on_cancel`` run on the caller's event loop.
         """
-        self._start_workers()
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-
-        def post(event: tuple) -> None:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(events.put_nowait, event)
-
-        req = self._submit(encoded, batch_size, post)
-        try:
-            while True:
-                kind, payload = await events.get()
-                if kind == "error":
-                    raise payload
-                if on_progress is not None:
-                    on_progress(*_progress([req], [payload]))
-                if kind == "done":
-                    return list(req.logits), req.stats  # type: ignore[arg-type]
-        except asyncio.CancelledError:
-            dropped = self.cancel(req)
-            if on_cancel is not None:
-                on_cancel(dropped, len(req.logits))
-            raise
-        except BaseException:
-            self.cancel(req)
-            raise
-
-    def logits_sync(
-        self,
-        encoded: EncodedRequest,
-        *,
-        batch_size: int,
-        on_progress: OnProgress | None = None,
-    ) -> tuple[list[float], RequestStats]:
-        """:meth:`logits` for a blocking caller; ``on_progress`` runs in the caller's thread."""
-        (result,) = self.logits_sync_many([encoded], batch_size=batch_size, on_progress=on_progress)
+        (result,) = await self.logits_many(
+            [encoded], batch_size=batch_size, on_progress=on_progress, on_cancel=on_cancel
+        )
         return result
 
-    def logits_sync_many(
+    async def logits_many(
         self,
         encoded: Sequence[EncodedRequest],
         *,
         batch_size: int,
         on_progress: OnProgress | None = None,
+        on_cancel: OnCancel | None = None,
     ) -> list[tuple[list[float], RequestStats]]:
-        """Several requests at once, sharing passes; progress is counted over all of them.
+        """Several requests at once, sharing passes; progress is counted over all of them."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
 
-        With no worker threads running, the caller runs passes itself on the first replica
-        (taking other waiting requests' documents into them, as a worker would).
-        """
-        events: queue.SimpleQueue = queue.SimpleQueue()
+        def poster(i: int) -> Callable[[tuple], None]:
+            def post(event: tuple) -> None:
+                with contextlib.suppress(RuntimeError):  # the caller's loop is closed
+                    loop.call_soon_threadsafe(events.put_nowait, (i, event))
+
+            return post
+
         reqs: list[_Request] = []
         try:
             for i, e in enumerate(encoded):
-                reqs.append(self._submit(e, batch_size, lambda ev, i=i: events.put((i, ev))))
+                reqs.append(self._submit(e, batch_size, poster(i)))
             done = [0] * len(reqs)  # per request, as of the last event handled
             unfinished = len(reqs)
             while unfinished:
-                while events.empty() and not self._threads:
-                    seen = self._change_count()
-                    # each pass a request is waiting on posts an event; with nothing to take,
-                    # another thread's pass has posted ours, or ours waits for prefix room
-                    if self._step(0) == "room" and events.empty():
-                        self._wait_for_change(seen, timeout=0.1)
-                i, (kind, payload) = events.get()
+                i, (kind, payload) = await events.get()
                 if kind == "error":
                     raise payload
                 unfinished -= kind == "done"
@@ -192,6 +164,11 @@ class Scheduler:
                 if on_progress is not None:
                     on_progress(*_progress(reqs, done))
             return [(list(r.logits), r.stats) for r in reqs]  # type: ignore[misc]
+        except asyncio.CancelledError:
+            dropped = sum(self.cancel(r) for r in reqs)
+            if on_cancel is not None:
+                on_cancel(dropped, sum(len(r.logits) for r in reqs))
+            raise
         except BaseException:
             for r in reqs:
                 self.cancel(r)
@@ -211,8 +188,12 @@ class Scheduler:
 
     def prefix_held(self, replica: int) -> int:
         """Cached prefix tokens ``replica`` holds room for now."""
-        with self._cond:
-            return self._prefix_held[replica]
+        return self._rooms[replica].in_use
+
+    @property
+    def prefix_peak(self) -> list[int]:
+        """Per replica: the most cached prefix tokens it ever held room for."""
+        return [room.peak for room in self._rooms]
 
     def close(self, timeout: float = 60.0) -> None:
         """Stop the worker threads after their current pass and wait for them (up to
@@ -222,13 +203,20 @@ class Scheduler:
         with self._cond:
             self._closed = True
             waiting = list(self._waiting)
+            threads, self._threads = self._threads, []
             self._cond.notify_all()
         for req in waiting:
             self.cancel(req)
             req.post(("error", RuntimeError("the reranker is shut down")))
-        for t in self._threads:
+        for t in threads:
             if t is not threading.current_thread():
                 t.join(timeout)
+
+    @property
+    def workers(self) -> list[threading.Thread]:
+        """The replicas' worker threads (none before the first request or after close)."""
+        with self._cond:
+            return list(self._threads)
 
     @property
     def queued_documents(self) -> int:
@@ -251,69 +239,67 @@ class Scheduler:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the reranker is shut down")
+            if not self._threads:
+                self._start_workers()
             self._waiting.append(req)
             self._changed()
         return req
 
-    # -- passes (worker threads, or a blocking caller) --------------------------------------
+    # -- the worker threads ----------------------------------------------------------------
 
     def _start_workers(self) -> None:
-        with self._cond:
-            if self._threads or self._closed:
-                return
-            self._threads = [
-                threading.Thread(
-                    target=self._work, args=(r,), name=f"reranker-replica-{r}", daemon=True
-                )
-                for r in range(len(self.engines))
-            ]
+        """One daemon thread per replica (under the lock). A worker holds the scheduler only
+        weakly between waits, so a scheduler nobody closes is still collected (its workers
+        then end), and :func:`_close_all` stops the rest at interpreter exit."""
+        ref = weakref.ref(self)
+        self._threads = [
+            threading.Thread(target=_work, args=(ref, r), name=f"reranker-replica-{r}", daemon=True)
+            for r in range(len(self.engines))
+        ]
         for t in self._threads:
             t.start()
+        _open.add(self)
+        _close_at_exit()
 
-    def _work(self, replica: int) -> None:
-        while True:
+    def _serve(self, replica: int) -> bool:
+        """Wait for work and run one pass on ``replica``; False once the scheduler is closed."""
+        with self._cond:
+            if not self._waiting and not self._closed:
+                self._cond.wait(IDLE_WAKE_S)
+            if self._closed:
+                return False
+            if not self._waiting:
+                return True
+            seen = self._changes
+        if self._step(replica) == "room":  # everything waiting waits for prefix room
+            # woken when room is given back or a request leaves the queue; the timeout is a
+            # safety net for any other way a waiting request could start to fit
             with self._cond:
-                while not self._waiting and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                seen = self._changes
-            if self._step(replica) == "room":  # everything waiting waits for prefix room
-                # woken when room is given back or a request leaves the queue; the timeout
-                # is a safety net for any other way a waiting request could start to fit
-                self._wait_for_change(seen, timeout=1.0)
+                if self._changes == seen and not self._closed:
+                    self._cond.wait(1.0)
+        return True
 
     def _changed(self) -> None:
         """Work or prefix room appeared (called under the lock)."""
         self._changes += 1
         self._cond.notify_all()
 
-    def _change_count(self) -> int:
-        with self._cond:
-            return self._changes
-
-    def _wait_for_change(self, seen: int, timeout: float | None = None) -> None:
-        with self._cond:
-            if self._changes == seen and not self._closed:
-                self._cond.wait(timeout)
-
     def _step(self, replica: int) -> Literal["ran", "idle", "room"]:
         """Fill one pass from the queue and run it on ``replica``. Without a pass: "idle" if
         nothing waits, "room" if everything waiting waits for prefix room there."""
         engine = self.engines[replica]
-        with self._replica_locks[replica]:
-            with self._cond:
-                picks = self._take(replica)
-                if not picks:
-                    return "room" if self._waiting else "idle"
-            try:
-                self._run(engine, replica, picks)
-            except BaseException as exc:  # a bug or an interrupt: answer every request in it
-                log.exception("scheduler: unexpected failure on replica %d", replica)
-                for req in {id(r): r for r, _ in picks}.values():
-                    req.post(("error", RuntimeError(f"internal error while scoring: {exc}")))
-                if not isinstance(exc, Exception):
-                    raise
+        with self._cond:
+            picks = self._take(replica)
+            if not picks:
+                return "room" if self._waiting else "idle"
+        try:
+            self._run(engine, replica, picks)
+        except BaseException as exc:  # a bug or an interrupt: answer every request in it
+            log.exception("scheduler: unexpected failure on replica %d", replica)
+            for req in {id(r): r for r, _ in picks}.values():
+                req.post(("error", RuntimeError(f"internal error while scoring: {exc}")))
+            if not isinstance(exc, Exception):
+                raise
         return "ran"
 
     def _take(self, replica: int) -> list[tuple[_Request, int]]:
@@ -321,60 +307,54 @@ class Scheduler:
         the lock).
 
         A pass holds at most the smallest ``batch_size`` among the requests it serves. A
-        request whose prefix needs room the replica cannot give now is skipped, and so is
-        every later one that needs room (first come, first served).
+        request whose next document continues its cached prefix takes its turn only once the
+        replica's room gate has granted it room (arrival order, no overtaking).
         """
         picks: list[tuple[_Request, int]] = []
         fill = PassFill(self.engines[replica].max_batch_tokens, 1 << 30)
-        skipped: set[int] = set()  # ids of requests waiting for prefix room
-        for req in itertools.cycle(list(self._waiting)):
-            if len(skipped) == len(self._waiting):  # also ends the loop when none wait
-                break
-            if id(req) in skipped:
-                continue
-            if not req.pending:
-                if req in self._waiting:
-                    self._leave_queue(req)
-                continue
+        turns = deque(self._waiting)
+        while turns:
+            req = turns.popleft()
             doc = req.pending[0]
-            needs_room = req.reuse[doc] and replica not in req.prefix_room
-            if needs_room and (skipped or not self._room(req, replica)):
-                skipped.add(id(req))
-                continue
+            if req.reuse[doc] and not self._room(req, replica):
+                continue  # in the room gate's line until earlier requests give room back
             if not fill.admits(req.cost(doc)):
                 break
-            if needs_room:
-                req.prefix_room.add(replica)
-                self._prefix_held[replica] += len(req.encoded.context)
-                peak = max(self.prefix_peak[replica], self._prefix_held[replica])
-                self.prefix_peak[replica] = peak
             req.pending.popleft()
+            req.used.add(replica)
             picks.append((req, doc))
             fill.add(req.cost(doc))
             fill.max_items = min(fill.max_items, req.batch_size)
-            if not req.pending:
+            if req.pending:
+                turns.append(req)
+            else:
                 self._leave_queue(req)
         return picks
 
-    def _leave_queue(self, req: _Request) -> None:
-        """All of ``req``'s documents are taken (under the lock). Requests behind it that
-        waited for prefix room only because it came first may fit now: wake idle replicas."""
-        self._waiting.remove(req)
-        self._changed()
-
     def _room(self, req: _Request, replica: int) -> bool:
-        """Whether ``req``'s prefix fits beside what ``replica`` holds (or it holds none)."""
-        held = self._prefix_held[replica]
-        limit = self.engines[replica].max_prefix_tokens
-        return held == 0 or held + len(req.encoded.context) <= limit
+        """Whether ``replica`` holds room for ``req``'s prefix (its ticket, taken the first
+        time it asks, is granted: the gate's rule, "empty or it fits", in arrival order)."""
+        ticket = req.room.get(replica)
+        if ticket is None:
+            ticket = req.room[replica] = self._rooms[replica].enter(len(req.encoded.context))
+        return ticket.granted
+
+    def _leave_queue(self, req: _Request) -> None:
+        """All of ``req``'s documents are taken (under the lock): room it holds or waits for
+        on replicas that took none of them goes back, and idle replicas wake, since requests
+        behind it may fit now."""
+        self._waiting.remove(req)
+        for replica in [r for r in req.room if r not in req.used]:
+            self._rooms[replica].leave(req.room.pop(replica))
+        self._changed()
 
     def _release_prefix(self, req: _Request) -> None:
         """Drop the request's cached prefixes and give back their room (under the lock)."""
         req.contexts.clear()
-        for replica in req.prefix_room:
-            self._prefix_held[replica] -= len(req.encoded.context)
-        if req.prefix_room:
-            req.prefix_room.clear()
+        for replica, ticket in req.room.items():
+            self._rooms[replica].leave(ticket)
+        if req.room:
+            req.room.clear()
             self._changed()
 
     def _run(self, engine: Engine, replica: int, picks: list[tuple[_Request, int]]) -> None:
@@ -468,3 +448,23 @@ def non_finite_error(engine: Engine) -> NonFiniteError:
         f"the model produced non-finite values in {dtype}{also} (numeric overflow); "
         "load it in bfloat16 or float32"
     )
+
+
+# Seconds an idle worker waits before looking again whether its scheduler still exists.
+IDLE_WAKE_S = 5.0
+_open: weakref.WeakSet[Scheduler] = weakref.WeakSet()  # schedulers whose workers run
+
+
+def _work(ref: weakref.ref[Scheduler], replica: int) -> None:
+    """A replica's worker: serves passes until its scheduler is closed or collected."""
+    while True:
+        scheduler = ref()
+        if scheduler is None or not scheduler._serve(replica):
+            return
+        del scheduler
+
+
+@functools.cache
+def _close_at_exit() -> None:
+    """At interpreter exit, stop every worker after its pass (none is left inside torch)."""
+    atexit.register(lambda: [s.close(timeout=10.0) for s in list(_open)])

@@ -57,16 +57,17 @@ class RerankResult:
         """Sort-and-slice the request's documents by their logits, given one per prompt
         (per distinct document, or per window of a chunked one: its best window counts)."""
         request = prepared.request
+        options = request.options
         best = prepared.best(prompt_logits)
         logits = [prompt_logits[k] for k in best]
         order = rank_order(logits)
-        if request.top_k:
-            order = order[: request.top_k]
+        if options.top_k:
+            order = order[: options.top_k]
         chunked = prepared.spans is not None
         results = [
             RankedDocument(
                 index=i,
-                document=request.documents[i] if request.return_documents else None,
+                document=request.documents[i] if options.return_documents else None,
                 score=sigmoid(logits[i]),
                 logit=logits[i],
                 tokens=prepared.tokens(i),

@@ -181,15 +181,17 @@ def test_waiters_on_other_event_loops_and_threads_are_woken():
 
         asyncio.run(main())
 
-    def blocking_waiter():
-        gate.acquire_blocking(2, timeout=GUARD)
+    def thread_waiter():  # no event loop: a ticket, woken through its callback
+        woken = threading.Event()
+        ticket = gate.enter(2, wake=lambda: woken.set() or True)
+        assert ticket.granted or woken.wait(GUARD)
         order.append("thread")
-        gate.release(2)
+        gate.leave(ticket)
 
     threads = [threading.Thread(target=holder)]
     threads[0].start()
     assert held.wait(GUARD)
-    for target in (async_waiter, blocking_waiter):
+    for target in (async_waiter, thread_waiter):
         t = threading.Thread(target=target)
         t.start()
         threads.append(t)
@@ -236,7 +238,7 @@ def test_characters_are_held_while_tokenizing_and_tokens_until_done(encoder):
 
     async def main():
         req = request(["alpha beta", "gamma", "alpha beta"])
-        async with admission.admit(req, observed_prepare) as admitted:
+        async with admission.admit([req], observed_prepare) as (admitted,):
             assert admission.chars.in_use == 0  # released once the tokens are admitted
             assert admission.tokens.in_use == admitted.prepared.num_tokens > 0
         return req
@@ -259,11 +261,11 @@ def test_errors_release_what_the_request_held(encoder):
 
     async def main():
         with pytest.raises(ValueError, match="too many"):
-            async with admission.admit(request(["a"]), failing_prepare):
+            async with admission.admit([request(["a"])], failing_prepare):
                 pass
         assert admission.chars.in_use == 0 and admission.tokens.in_use == 0
         with pytest.raises(KeyError):
-            async with admission.admit(request(["a"]), lambda r: prepare(r, encoder, Limits())):
+            async with admission.admit([request(["a"])], lambda r: prepare(r, encoder, Limits())):
                 raise KeyError("scoring failed")
         assert admission.chars.in_use == 0 and admission.tokens.in_use == 0
 
@@ -283,7 +285,7 @@ def test_cancelled_while_tokenizing_keeps_its_characters_until_the_thread_ends(e
 
     async def main():
         req = request(["some words"])
-        task = asyncio.create_task(admission.admit(req, slow_prepare).__aenter__())
+        task = asyncio.create_task(admission.admit([req], slow_prepare).__aenter__())
         await asyncio.to_thread(started.wait, GUARD)
         held = admission.chars.in_use
         task.cancel()
@@ -309,9 +311,9 @@ def test_waiting_past_the_bound_fails_naming_the_settings(encoder):
         return prepare(req, encoder, Limits())
 
     async def main():
-        async with admission.admit(request(["first"]), prep) as first:
+        async with admission.admit([request(["first"])], prep) as (first,):
             with pytest.raises(AdmissionTimeout) as info:
-                async with admission.admit(request(["second"]), prep):
+                async with admission.admit([request(["second"])], prep):
                     pass
             assert admission.tokens.in_use == first.prepared.num_tokens
             assert admission.chars.in_use == 0
@@ -386,7 +388,9 @@ def test_tokenizing_in_chunks_gives_the_ids_of_one_call(encoder, monkeypatch):
     docs = [f"document {i} " + "word " * (i % 7) for i in range(40)]
     docs += [*docs[:5], "a" * 300]  # duplicates, and one longer than a chunk
     req = request(docs)
-    whole = encoder.encode(req.instruction, req.query, list(dict.fromkeys(docs)), req.max_length)
+    whole = encoder.encode(
+        req.instruction, req.query, list(dict.fromkeys(docs)), req.options.max_length
+    )
     monkeypatch.setattr(request_module, "TOKENIZE_CHUNK_CHARS", 64)
     assert len(request_module.chunks([len(d) for d in dict.fromkeys(docs)], 64)) > 10
     prepared = prepare(req, encoder, Limits())

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from reranker import DEFAULT_INSTRUCTION, Reranker, Settings
+from reranker.options import RerankOptions
 from reranker.request import PreparedRequest, RerankRequest
 from reranker.scoring import RerankResult, sigmoid
 from reranker.tokenization import EncodedRequest
@@ -138,7 +139,7 @@ def test_saturated_scores_rank_by_logit():
     encoded = EncodedRequest((1, 2), [(3,)] * len(docs), [False] * len(docs))
 
     def ranked(**fields):
-        request = RerankRequest("q", docs, "i", **fields)
+        request = RerankRequest("q", docs, RerankOptions(instruction="i", **fields))
         prepared = PreparedRequest(request, list(range(len(docs))), encoded)
         return RerankResult.build(prepared, logits).results
 

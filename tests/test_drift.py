@@ -266,7 +266,7 @@ def test_requests_file_lines_bom_crlf_blank_lines_and_instruction():
     requests, labels = read_requests(text, "r.jsonl", LIMITS, max_length=99)
     assert [r.query for r in requests] == ["q1", "q2", "q3"]
     assert requests[1].documents == ("b", "c") and requests[1].instruction == "judge"
-    assert all(r.max_length == 99 and r.return_documents is False for r in requests)
+    assert all(r.options.max_length == 99 and not r.options.return_documents for r in requests)
     assert labels == [f"--requests r.jsonl, line {n}" for n in (1, 4, 5)]
 
 

@@ -7,6 +7,7 @@ sentence deep in a long distractor document: chunking finds its window, truncati
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import random
@@ -68,7 +69,7 @@ def test_every_window_is_scored_as_the_recipe_scores_its_text(reranker, recipe):
         want = recipe.input_ids([format_instruction(None, QUERY, text)], max_length)[0]
         assert context + list(prepared.encoded.documents[k]) == want
         assert len(want) <= max_length  # whole: the recipe did not cut it either
-    prompt_logits, _ = reranker.prompt_logits(prepared)
+    prompt_logits, _ = asyncio.run(reranker.aprompt_logits(prepared))
     window_scores = [
         torch.sigmoid(torch.tensor(prompt_logits[k])).item() for k in range(len(texts))
     ]
@@ -169,7 +170,7 @@ def test_chunk_finds_the_needle_and_truncate_does_not(needle_reranker, where):
     prepared = needle_reranker.prepare(
         needle_reranker.request(QUERY, [doc], long_documents="chunk", **fields)
     )
-    logits, _ = needle_reranker.prompt_logits(prepared)
+    logits, _ = asyncio.run(needle_reranker.aprompt_logits(prepared))
     without = [
         x
         for x, (a, b) in zip(logits, prepared.spans, strict=True)

@@ -102,12 +102,13 @@ def test_all_groups_are_admitted_together_under_the_in_flight_bounds(reranker):
     assert bounded.admission.tokens.peak == sum(p.num_tokens for p in prepared)
     assert bounded.admission.chars.peak == chars
     gate = bounded.admission.chars
-    gate.acquire_blocking(gate.capacity)  # another caller holds the whole bound
+    held = gate.enter(gate.capacity)  # another caller holds the whole bound
+    assert held.granted
     try:
         with pytest.raises(AdmissionTimeout, match="RERANKER_MAX_CHARS_IN_FLIGHT"):
             bounded.predict(PAIRS)
     finally:
-        gate.release(gate.capacity)
+        gate.leave(held)
     assert gate.in_use == bounded.admission.tokens.in_use == 0
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from devtools.offline import save_random_model
-from reranker import Reranker, Settings
+from reranker import Reranker, Settings, loop
 from reranker import progress as progress_module
 from reranker import scheduler as scheduler_module
 from reranker.engine import DocumentTooLargeError, Engine
@@ -48,6 +48,11 @@ def service(model_dir):
 async def ask(service, *, say, **fields):
     """One request through the service, built as predict.py builds it."""
     return await service.rerank(RerankRequest.build(service.limits, **fields), say=say)
+
+
+def solo_logits(reranker, prepared):
+    """The request's logits per document, run alone."""
+    return asyncio.run(reranker.alogits(prepared))
 
 
 def assert_same_result(got, want):
@@ -243,6 +248,16 @@ class MemoryLimit:
         return self._scorer.logits(batch, contexts)
 
 
+async def in_one_pass_many(scheduler: Scheduler, work):
+    """Await ``scheduler.logits_many(...)`` with all its requests queued before the worker
+    may take any (see :func:`in_one_pass`)."""
+    with scheduler._cond:
+        task = asyncio.ensure_future(work)
+        while not scheduler._waiting:
+            await asyncio.sleep(0)
+    return await task
+
+
 async def in_one_pass(scheduler: Scheduler, requests):
     """Submit every request before the worker may take any work, so that its first pass
     holds documents of all of them (the worker waits on the scheduler's lock; the lock is
@@ -276,10 +291,12 @@ def test_a_document_failing_inside_a_shared_pass_fails_only_its_request(broken_m
         for (query, docs), got in zip(requests[::2], results[::2], strict=True):
             assert not isinstance(got, BaseException), got
             logits, _ = got
-            want, _ = broken_model.logits(broken_model.prepare(broken_model.request(query, docs)))
+            want, _ = solo_logits(
+                broken_model, broken_model.prepare(broken_model.request(query, docs))
+            )
             assert max(abs(a - b) for a, b in zip(logits, want, strict=True)) <= 1e-5
         # the worker survived and serves the next request
-        assert scheduler._threads[0].is_alive()
+        assert scheduler.workers[0].is_alive()
         again, _ = asyncio.run(scheduler.logits(encoded[0], batch_size=256))
         assert max(abs(a - b) for a, b in zip(again, results[0][0], strict=True)) <= 1e-5
     finally:
@@ -303,24 +320,32 @@ def test_close_fails_the_requests_still_queued(reranker):
     with pytest.raises(RuntimeError, match=r"^the reranker is shut down$"):
         asyncio.run(main())
     with pytest.raises(RuntimeError, match=r"^the reranker is shut down$"):
-        scheduler.logits_sync(encoded, batch_size=1)  # and nothing new is accepted
+        asyncio.run(scheduler.logits(encoded, batch_size=1))  # and nothing new is accepted
 
 
 def test_an_interrupted_blocking_caller_leaves_nothing_queued(reranker):
-    """Ctrl-C in the library (here: raised from the progress callback after the first pass)
-    drops the request's remaining documents; the next call runs normally.
-    Fault seen failing: logits_sync_many without its cancel-on-BaseException."""
+    """Ctrl-C in the library (here: raised from the progress callback, which runs in the
+    caller's thread, after the first pass) drops the request's remaining documents before
+    it reaches the caller; the next call runs normally. Faults seen failing: loop.run not
+    cancelling its coroutine on an exception; logits_many without its cancel on
+    CancelledError; loop.run not waiting for the coroutine to unwind (documents still
+    queued when the exception arrives)."""
     scheduler = Scheduler(reranker.engines)
     encoded = reranker.prepare(reranker.request("q", docs_for(4, 30))).encoded
 
     def interrupt(done, total, stats):
         raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        scheduler.logits_sync(encoded, batch_size=1, on_progress=interrupt)
-    assert scheduler.queued_documents == 0
-    logits, stats = scheduler.logits_sync(encoded, batch_size=4)
-    assert stats.documents == len(logits) == 30
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loop.run(
+                lambda post: scheduler.logits(encoded, batch_size=1, on_progress=post), interrupt
+            )
+        assert scheduler.queued_documents == 0
+        logits, stats = loop.run(lambda _: scheduler.logits(encoded, batch_size=4))
+        assert stats.documents == len(logits) == 30
+    finally:
+        scheduler.close()
 
 
 def test_the_final_progress_line_is_shown_once_when_the_loop_lags(service):
@@ -372,15 +397,15 @@ def test_cached_prefixes_stay_within_the_bound_and_results_match_solo(reranker):
         scheduler.close()
     for p, got in zip(prepared, results, strict=True):
         assert not isinstance(got, BaseException), got
-        want, _ = reranker.logits(p)
+        want, _ = solo_logits(reranker, p)
         assert max(abs(a - b) for a, b in zip(got[0], want, strict=True)) <= 1e-5
 
 
 def test_a_request_waiting_for_prefix_room_is_not_overtaken(reranker):
     """A's prefix is cached; B's does not fit beside it and waits; C's would fit beside A's,
     but C came after B, so C waits too (B cannot be starved by a stream of small prefixes).
-    Observed through the held room after the first pass. Fault seen failing: C taking room
-    beside A (held A + C)."""
+    Observed through the held room during the first pass (read by the scorer, on the worker).
+    Fault seen failing: C taking room beside A (held A + C)."""
     a, b, c = (
         reranker.prepare(reranker.request(long_query(n), docs_for(60 + n, k)))
         for n, k in [(30, 6), (90, 2), (5, 2)]
@@ -392,26 +417,31 @@ def test_a_request_waiting_for_prefix_room_is_not_overtaken(reranker):
         prefix_reuse="on",
         max_prefix_tokens=sizes[1] + sizes[2],  # B and C fit together, A and B do not
     )
-    scheduler = Scheduler([engine])
     held: list[int] = []
 
-    def record(done, total, stats):
-        held.append(scheduler.prefix_held(0))
+    class Recording(MemoryLimit):
+        def logits(self, batch, contexts=()):
+            held.append(scheduler.prefix_held(0))
+            return self._scorer.logits(batch, contexts)
 
-    results = scheduler.logits_sync_many(
-        [a.encoded, b.encoded, c.encoded], batch_size=2, on_progress=record
-    )
+    engine.scorer = Recording(engine.scorer, limit=1 << 30)
+    scheduler = Scheduler([engine])
+    try:
+        work = scheduler.logits_many([a.encoded, b.encoded, c.encoded], batch_size=2)
+        results = asyncio.run(in_one_pass_many(scheduler, work))
+    finally:
+        scheduler.close()
     assert held[0] == sizes[0], (held, sizes)  # A alone in the first passes
     assert scheduler.prefix_peak[0] == sizes[1] + sizes[2]  # then B and C together
     for r, (got, _) in zip((a, b, c), results, strict=True):
-        want, _ = reranker.logits(r)
+        want, _ = solo_logits(reranker, r)
         assert max(abs(x - y) for x, y in zip(got, want, strict=True)) <= 1e-5
 
 
 def test_blocking_callers_in_several_threads_share_the_prefix_bound(reranker):
-    """Library calls from four threads, each driving passes itself, with room for one prefix
-    at a time: every call finishes (a thread whose request waits for room lets the others'
-    passes run) with its solo scores, and the bound held. Fault seen failing: room never
+    """Library calls from four threads, with room for one prefix at a time: every call
+    finishes with its solo scores (a request waiting for room does not hold up the others'
+    passes), and the bound held. Fault seen failing: room never
     given back (the later callers wait forever: here the join timeout)."""
     specs = [(long_query(25 + 10 * i), docs_for(70 + i, 5)) for i in range(4)]
     want = [reranker.score(q, d) for q, d in specs]
@@ -440,7 +470,7 @@ def test_a_request_finished_on_two_replicas_at_once_is_finished_once(reranker, m
     check, between counting a pass's documents and deciding whether the request is done, is
     stretched so that the other replica always lands in that window. Fault seen failing: the
     count and the decision outside the scheduler's lock (both replicas see 0 left and post
-    "done" twice; a blocking caller of several requests then returns with None logits)."""
+    "done" twice; a caller of several requests then returns with None logits)."""
     engines = [
         Engine(reranker.engine.scorer, max_batch_tokens=100_000, prefix_reuse="off")
         for _ in range(2)
@@ -454,7 +484,7 @@ def test_a_request_finished_on_two_replicas_at_once_is_finished_once(reranker, m
         results = []
         caller = threading.Thread(
             target=lambda: results.extend(
-                scheduler.logits_sync_many([a.encoded, b.encoded], batch_size=2)
+                asyncio.run(scheduler.logits_many([a.encoded, b.encoded], batch_size=2))
             ),
             daemon=True,
         )
@@ -465,7 +495,7 @@ def test_a_request_finished_on_two_replicas_at_once_is_finished_once(reranker, m
         scheduler.close()
     for prepared, (logits, stats) in zip((a, b), results, strict=True):
         assert None not in logits and stats.documents == len(logits)
-        want, _ = reranker.logits(prepared)
+        want, _ = solo_logits(reranker, prepared)
         assert max(abs(x - y) for x, y in zip(logits, want, strict=True)) <= 1e-5
 
 
@@ -502,3 +532,55 @@ def test_a_failed_request_leaves_no_cached_prefix_behind(broken_model):
     finally:
         gc.enable()
         scheduler.close()
+
+
+# -- thread lifecycle: passes run only on the workers, which never outlive their use -------
+
+
+def replica_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("reranker-replica-")]
+
+
+def test_close_leaves_no_worker_thread_behind(reranker):
+    """The library's blocking calls start the workers (passes never run in the caller's
+    thread); close() stops and joins them. Faults seen failing: close() that does not join
+    (a worker still alive after it); passes run by the caller again (no worker started)."""
+    bounded = reranker.with_settings(Settings(device="cpu"))
+    before = set(replica_threads())
+    caller = threading.current_thread()
+    ran_on: set[str] = set()
+
+    class Observed(MemoryLimit):
+        def logits(self, batch, contexts=()):
+            ran_on.add(threading.current_thread().name)
+            return self._scorer.logits(batch, contexts)
+
+    bounded.engines[0].scorer = Observed(bounded.engines[0].scorer, limit=1 << 30)
+    bounded.score("q", docs_for(5, 3))
+    assert ran_on == {"reranker-replica-0"} and caller.name not in ran_on
+    started = set(bounded.scheduler.workers)
+    assert started and started.isdisjoint(before)
+    bounded.close()
+    assert not any(t.is_alive() for t in started)
+    assert bounded.scheduler.workers == []
+
+
+def test_a_script_that_never_calls_close_exits_promptly(model_dir, tmp_path):
+    """Load, rank, exit, without close(): the interpreter exits (the workers and the loop
+    thread are daemons, stopped at exit), with the ranking printed. Bounded by the
+    subprocess timeout, not timed. Fault seen failing: non-daemon workers (the process
+    never exits: TimeoutExpired)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "from reranker import Reranker\n"
+        f"r = Reranker.load({str(model_dir)!r}, device='cpu')\n"
+        "print(r.rank('q', ['a', 'b'], top_k=1).results[0].index)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() in {"0", "1"}

@@ -633,3 +633,24 @@ def test_build_context_is_what_the_image_needs():
     assert [p for p in kept_out if not docker_excludes(patterns, p)] == []
     gitignore = (ROOT / ".gitignore").read_text().split()
     assert "weights/" in gitignore and ".venv/" in gitignore and "tiny-model/" in gitignore
+
+
+def test_predict_inputs_are_the_request_options():
+    """Cog reads predict.py's defaults statically, so they are literals there: they must
+    stay the options type's (reranker.options), input for input, with the same bounds and
+    choices; an option missing from predict.py (or an input that is no option) fails.
+    Faults seen failing: DEFAULT_BATCH_SIZE = 128 in predict.py; `le=32767` on max_length;
+    an option added to RerankOptions only."""
+    from reranker.options import SAME, specs
+    from reranker.prompt import resolve_instruction
+
+    static = static_inputs(predict_source())
+    assert set(static) - {"query", "documents"} == {name for name, _, _ in specs()}
+    for name, option, default in specs():
+        got = static[name]
+        want = default if option.cog_default is SAME else option.cog_default
+        if name == "instruction":  # None is the model card's instruction, spelled out for Cog
+            want = resolve_instruction(want)
+        assert got.get("default") == want, (name, got.get("default"), want)
+        assert got.get("ge") == option.low and got.get("le") == option.high, name
+        assert tuple(got.get("choices") or ()) == option.choices, name
