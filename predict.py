@@ -16,8 +16,8 @@ from cog import BasePredictor, Input, concurrent, current_scope
 from pydantic import BaseModel, model_serializer
 
 from reranker.config import Settings
-from reranker.request import RerankRequest
-from reranker.scoring import CHUNK_ONLY_FIELDS
+from reranker.request.prepare import RerankRequest
+from reranker.request.results import CHUNK_ONLY_FIELDS
 from reranker.service import RerankService
 
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"

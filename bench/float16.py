@@ -33,7 +33,7 @@ from run import build_model, ours  # noqa: E402
 
 from devtools.offline import build_tokenizer  # noqa: E402
 from reranker import Settings, drift  # noqa: E402
-from reranker.tokenization import PromptEncoder  # noqa: E402
+from reranker.text.tokenization import PromptEncoder  # noqa: E402
 
 
 def drift_table(tokenizer, smoke: bool = False) -> None:

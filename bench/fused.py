@@ -27,8 +27,8 @@ import workloads  # noqa: E402
 from run import cpu_scale_setup, ours  # noqa: E402
 
 from reranker import Settings  # noqa: E402
-from reranker.layers import Linear  # noqa: E402
-from reranker.model import _rotate  # noqa: E402
+from reranker.model.layers import Linear  # noqa: E402
+from reranker.model.scorer import _rotate  # noqa: E402
 
 
 def unfused_inputs(h, ln, wq, wk, wv, qn, kn, cos, sin, eps, nx):

@@ -31,9 +31,9 @@ import torch  # noqa: E402
 
 from devtools.offline import QWEN3_8B, build_tokenizer, qwen3_config  # noqa: E402
 from reranker import Reranker, Settings  # noqa: E402
-from reranker.loading import engine_for  # noqa: E402
-from reranker.model import QwenScorer  # noqa: E402
-from reranker.tokenization import PromptEncoder  # noqa: E402
+from reranker.loading.loader import engine_for  # noqa: E402
+from reranker.model.scorer import QwenScorer  # noqa: E402
+from reranker.text.tokenization import PromptEncoder  # noqa: E402
 
 QUERY = "Which clause of the contract sets the notice period for termination?"
 WORDS = [

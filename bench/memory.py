@@ -135,10 +135,10 @@ def one_case(kind: str, mode: str) -> None:
     import ctypes
 
     from devtools.offline import build_tokenizer
-    from reranker import request as request_module
     from reranker.config import Limits
-    from reranker.request import RerankRequest, prepare
-    from reranker.tokenization import PromptEncoder
+    from reranker.request import prepare as request_module
+    from reranker.request.prepare import RerankRequest, prepare
+    from reranker.text.tokenization import PromptEncoder
 
     encoder = PromptEncoder(build_tokenizer())
     if mode == "whole":

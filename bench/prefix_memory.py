@@ -31,7 +31,7 @@ from run import build_model, cpu_scale_setup, ours  # noqa: E402
 
 from devtools.offline import build_tokenizer  # noqa: E402
 from reranker import Settings  # noqa: E402
-from reranker.tokenization import PromptEncoder  # noqa: E402
+from reranker.text.tokenization import PromptEncoder  # noqa: E402
 
 KV_BYTES_8B = 2 * 36 * 8 * 128 * 2  # layers x kv heads x head dim, keys and values, 16 bits
 REQUESTS = 16

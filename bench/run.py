@@ -43,11 +43,11 @@ from reference import Recipe, format_instruction  # noqa: E402
 
 from devtools.offline import CPU_SCALE, QWEN3_8B, build_tokenizer, qwen3_config  # noqa: E402
 from reranker import Reranker, RerankRequest, Settings, drift  # noqa: E402
-from reranker.attention import VarlenAttention, _self_check, find_varlen_kernels  # noqa: E402
-from reranker.loading import engine_for  # noqa: E402
-from reranker.model import QwenScorer  # noqa: E402
-from reranker.scheduler import Scheduler  # noqa: E402
-from reranker.tokenization import PromptEncoder  # noqa: E402
+from reranker.loading.loader import engine_for  # noqa: E402
+from reranker.model.attention import VarlenAttention, _self_check, find_varlen_kernels  # noqa: E402
+from reranker.model.scorer import QwenScorer  # noqa: E402
+from reranker.runtime.scheduler import Scheduler  # noqa: E402
+from reranker.text.tokenization import PromptEncoder  # noqa: E402
 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense fp16/bf16
 

@@ -77,8 +77,8 @@ def memory_kib() -> dict[str, int]:
 def one(kind: str, size: int, max_length: int, mode: str) -> dict:
     """Run in a fresh process: time and peak memory of ``encode`` on one document."""
     from devtools.offline import build_tokenizer
-    from reranker.prompt import DEFAULT_INSTRUCTION
-    from reranker.tokenization import PromptEncoder
+    from reranker.text.prompt import DEFAULT_INSTRUCTION
+    from reranker.text.tokenization import PromptEncoder
 
     encoder = PromptEncoder(build_tokenizer())
     encoder.bounded = mode == "after"

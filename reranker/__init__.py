@@ -1,14 +1,17 @@
 """Qwen3-Reranker scoring with the model card's exact recipe, fast.
 
-The data path, one module each: ``request`` (the validated request) -> ``prompt`` (text ->
-prompt) -> ``tokenization`` (token ids) -> ``scheduler`` + ``batching`` (documents of every
-caller -> passes under a token budget) -> ``engine`` + ``packing`` (a pass on one replica) ->
-``model`` + ``attention`` (hidden states -> logits) -> ``scoring`` (scores, ranked results).
-Every caller takes that one road: ``api.Reranker`` (library, CLI) and ``service`` (the Cog
-server) differ only in how they wait; ``admission`` bounds what is tokenized and queued at
-once. ``config`` holds every setting, ``placement`` picks devices and dtype, ``loading`` and
-``weights`` find and load the checkpoint; ``fp8``, ``layers``, ``faults`` and ``drift`` hold
-the FP8 GEMMs, the fused layer weights, the GPU-fault rule and the dtype drift check.
+The folders follow the data path, each importing only the ones above it in this list (and on
+one line, the names left of it; tests/test_layout.py holds the rule):
+
+    config, validation   settings (RERANKER_*) and field checks, shared by all
+    text/                text -> prompt -> token ids -> windows
+    request/ | model/    options -> validated, tokenized request; logits -> ranked results |
+                         passes -> hidden states -> logits on one replica (neither imports
+                         the other)
+    runtime/ | loading/  admission -> the queue -> passes on the replicas' workers |
+                         devices, weights, replicas
+    api, service         the library (Reranker) and the serving side (RerankService)
+    cli/, then drift/ and serve/: front ends and tools over them
 
 Names are imported lazily so that ``rerank --help`` and argument errors do not wait for torch.
 """
@@ -19,25 +22,28 @@ import importlib
 from typing import TYPE_CHECKING
 
 _EXPORTS = {
-    "DEFAULT_INSTRUCTION": "prompt",
-    "RankedDocument": "scoring",
-    "RerankResult": "scoring",
-    "RerankRequest": "request",
+    "DEFAULT_INSTRUCTION": "text.prompt",
+    "RankedDocument": "request.results",
+    "RerankOptions": "request.options",
+    "RerankResult": "request.results",
+    "RerankRequest": "request.prepare",
     "Reranker": "api",
     "Settings": "config",
-    "Usage": "scoring",
+    "Usage": "request.results",
 }
 
 if TYPE_CHECKING:
     from .api import Reranker
     from .config import Settings
-    from .prompt import DEFAULT_INSTRUCTION
-    from .request import RerankRequest
-    from .scoring import RankedDocument, RerankResult, Usage
+    from .request.options import RerankOptions
+    from .request.prepare import RerankRequest
+    from .request.results import RankedDocument, RerankResult, Usage
+    from .text.prompt import DEFAULT_INSTRUCTION
 
 __all__ = [
     "DEFAULT_INSTRUCTION",
     "RankedDocument",
+    "RerankOptions",
     "RerankRequest",
     "RerankResult",
     "Reranker",

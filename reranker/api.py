@@ -2,7 +2,7 @@
 
 Every call takes the same road as the Cog server: a :class:`~reranker.request.RerankRequest`
 is built (validated once), admitted under the in-flight bounds every caller of this reranker
-shares (:mod:`~reranker.admission`), prepared (tokenized, identical documents once), its
+shares (:mod:`~reranker.runtime.admission`), prepared (tokenized, identical documents once), its
 documents run through the :class:`~reranker.scheduler.Scheduler`, and the result is built by
 :meth:`RerankResult.build <reranker.scoring.RerankResult.build>`. ``score`` returns P(yes) per
 document in input order; ``rank`` is the sort-and-slice over the same logits.
@@ -18,17 +18,17 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from . import loop
-from .admission import Admission, Admitted
 from .config import Limits, Settings
-from .engine import Engine
-from .loading import ModelLoadError, engine_for, load_encoder, load_engine
-from .placement import Placement, resolve_placement
-from .progress import ProgressBar
-from .request import PreparedRequest, RerankRequest, prepare
-from .scheduler import OnCancel, OnProgress, RequestStats, Scheduler
-from .scoring import RerankResult, sigmoid
-from .tokenization import PromptEncoder
+from .loading.loader import ModelLoadError, engine_for, load_encoder, load_engine
+from .loading.placement import Placement, resolve_placement
+from .model.engine import Engine
+from .request.prepare import PreparedRequest, RerankRequest, prepare
+from .request.results import RerankResult, sigmoid
+from .runtime import loop
+from .runtime.admission import Admission, Admitted
+from .runtime.progress import ProgressBar
+from .runtime.scheduler import OnCancel, OnProgress, RequestStats, Scheduler
+from .text.tokenization import PromptEncoder
 from .validation import check_bool, check_pairs
 
 __all__ = ["ModelLoadError", "Reranker"]
@@ -135,7 +135,7 @@ class Reranker:
     @asynccontextmanager
     async def admit(self, request: RerankRequest) -> AsyncIterator[Admitted]:
         """``async with reranker.admit(request) as admitted:`` waits for room under the
-        in-flight bounds (:mod:`reranker.admission`), tokenizes in a thread, and holds the
+        in-flight bounds (:mod:`reranker.runtime.admission`), tokenizes in a thread, and holds the
         request's tokens until the block exits; pass ``admitted.prepared`` to
         :meth:`aprompt_logits`."""
         async with self.admission.admit([request], self.prepare) as (admitted,):
@@ -174,7 +174,7 @@ class Reranker:
             return RerankResult.build(admitted.prepared, logits)
 
     def rerank(self, request: RerankRequest, *, show_progress_bar: bool = False) -> RerankResult:
-        """:meth:`arerank`, blocking (run on the loop thread, :mod:`reranker.loop`)."""
+        """:meth:`arerank`, blocking (run on the loop thread, :mod:`reranker.runtime.loop`)."""
         check_bool("show_progress_bar", show_progress_bar)
         return _blocking(
             lambda post: self.arerank(request, post), len(request.documents), show_progress_bar

@@ -55,7 +55,7 @@ class Settings:
     # None: on for CUDA, off for CPU (where it needs a C++ toolchain and gains little).
     compile: bool | None = None
     # none | fp8 (experimental): W8A8 FP8 GEMMs, weights quantized at load; needs a GPU with
-    # FP8 tensor cores (compute capability 8.9+). See reranker/fp8.py.
+    # FP8 tensor cores (compute capability 8.9+). See reranker/model/fp8.py.
     quantization: str = "none"
     replicas: int | None = None  # model copies; None: one per visible GPU (one on CPU)
     # Request limits, checked before any model work. Memory does not grow with them (passes are

@@ -39,10 +39,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any, NamedTuple
 
+from .cli.documents_file import BOM, json_kind, read_file
 from .config import DEFAULT_MAX_LENGTH, MAX_LENGTH_LIMIT, Limits, Settings
-from .documents_file import BOM, json_kind, read_file
-from .request import RerankRequest
-from .scoring import rank_order
+from .request.prepare import RerankRequest
+from .request.results import rank_order
 from .validation import check_int
 
 # -- metrics (pure functions) ------------------------------------------------------------------
@@ -594,7 +594,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        from .cli import model_argument
+        from .cli.main import model_argument
 
         model = model_argument(args.model)
         modes = parse_modes(args.modes)

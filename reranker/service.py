@@ -11,17 +11,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .admission import Admitted
 from .api import Reranker
 from .config import Limits, Settings, SettingsError, env_name
-from .engine import BudgetTooLargeError
-from .faults import DeviceFailedError, fatal_device_error
-from .model import NonFiniteError
-from .placement import resolve_placement
-from .progress import ProgressLog
-from .request import RerankRequest
-from .scoring import RerankResult
-from .weights import resolve_weights
+from .loading.placement import resolve_placement
+from .loading.weights import resolve_weights
+from .model.engine import BudgetTooLargeError
+from .model.faults import DeviceFailedError, fatal_device_error
+from .model.scorer import NonFiniteError
+from .request.prepare import RerankRequest
+from .request.results import RerankResult
+from .runtime.admission import Admitted
+from .runtime.progress import ProgressLog
 
 log = logging.getLogger(__name__)
 

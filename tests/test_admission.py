@@ -10,12 +10,12 @@ from dataclasses import replace
 import pytest
 
 from reranker import Settings
-from reranker import request as request_module
-from reranker.admission import Admission, AdmissionTimeout, FifoGate
 from reranker.config import Limits
-from reranker.request import RerankRequest, prepare
+from reranker.request import prepare as request_module
+from reranker.request.prepare import RerankRequest, prepare
+from reranker.runtime.admission import Admission, AdmissionTimeout, FifoGate
 from reranker.service import RerankService
-from reranker.tokenization import PromptEncoder
+from reranker.text.tokenization import PromptEncoder
 
 GUARD = 20.0
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from reranker import DEFAULT_INSTRUCTION, Reranker, Settings
-from reranker.options import RerankOptions
-from reranker.request import PreparedRequest, RerankRequest
-from reranker.scoring import RerankResult, sigmoid
-from reranker.tokenization import EncodedRequest
+from reranker.request.options import RerankOptions
+from reranker.request.prepare import PreparedRequest, RerankRequest
+from reranker.request.results import RerankResult, sigmoid
+from reranker.text.tokenization import EncodedRequest
 
 QUERY = "Which city is the capital of France?"
 DOCS = [

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reranker.attention import (
+from reranker.model.attention import (
     SdpaAttention,
     VarlenAttention,
     reference_attention,
     select_backend,
 )
-from reranker.packing import Segment, pack
+from reranker.model.packing import Segment, pack
 
 HEADS, KV_HEADS, DIM = 4, 2, 8
 
@@ -139,7 +139,7 @@ def test_self_check_rejects_wrong_kernels_and_takes_the_next_one(caplog):
     right = varlen(cpu_varlen_kernel, "right")
     wrong = [varlen(forgets_the_mask, "no mask"), varlen(top_left_causal, "top-left")]
     fallback = SdpaAttention(kv_groups=HEADS // KV_HEADS)
-    with caplog.at_level("INFO", logger="reranker.attention"):
+    with caplog.at_level("INFO", logger="reranker.model.attention"):
         chosen = select_among([*wrong, varlen(refuses, "old GPU"), right, fallback])
     assert chosen is right
     assert "varlen (no mask) (grouped KV heads repeated) off by" in caplog.text

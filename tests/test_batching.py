@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reranker.batching import length_order, plan_passes
+from reranker.model.batching import length_order, plan_passes
 
 
 @given(

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from tokenizers import Regex
 from tokenizers.pre_tokenizers import Split
 
-from reranker import safecut
-from reranker.prompt import DEFAULT_INSTRUCTION, format_head, format_tail
-from reranker.safecut import SPACES, is_safe_cut
-from reranker.tokenization import (
+from reranker.text import safecut
+from reranker.text.prompt import DEFAULT_INSTRUCTION, format_head, format_tail
+from reranker.text.safecut import SPACES, is_safe_cut
+from reranker.text.tokenization import (
     PREFIX_SLACK_CHARS,
     PromptEncoder,
     literal_encoder,

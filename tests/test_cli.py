@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reranker.documents_file import read_documents
+from reranker.cli.documents_file import read_documents
 
 QUERY = "capital of France"
 DOCS = ["Paris is the capital of France.", "Bananas.", "Lyon"]

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from reranker.cli import model_argument, write_json
-from reranker.documents_file import load_documents, read_documents
+from reranker.cli.documents_file import load_documents, read_documents
+from reranker.cli.main import model_argument, write_json
 
 BOM = b"\xef\xbb\xbf"
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from reranker import Reranker, Settings
-from reranker.batching import plan_passes
 from reranker.config import env_name
-from reranker.engine import BudgetTooLargeError, DocumentTooLargeError, Engine
-from reranker.loading import engine_for
+from reranker.loading.loader import engine_for
+from reranker.model.batching import plan_passes
+from reranker.model.engine import BudgetTooLargeError, DocumentTooLargeError, Engine
 
 QUERY = "what is a reranker?"
 DOCS = [f"document number {i} " * (1 + i % 7) for i in range(24)]

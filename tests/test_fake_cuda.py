@@ -57,11 +57,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from devtools.fakecuda import fake_cuda, view_indexing
 from devtools.offline import QWEN3_8B, qwen3_config
 from reranker import Reranker, Settings
-from reranker.loading import engine_from_model
-from reranker.model import CompiledOrEager, attention_inputs, attention_output_and_mlp
-from reranker.packing import Segment, pack
-from reranker.placement import resolve_placement
-from reranker.tokenization import PromptEncoder
+from reranker.loading.loader import engine_from_model
+from reranker.loading.placement import resolve_placement
+from reranker.model.packing import Segment, pack
+from reranker.model.scorer import CompiledOrEager, attention_inputs, attention_output_and_mlp
+from reranker.text.tokenization import PromptEncoder
 
 H100 = (9, 0)
 H100_GIB = 80
@@ -253,7 +253,7 @@ def test_layer_functions_compile_to_one_graph_each(request, quantization, caplog
     with torch.overrides._pop_mode_temporarily(), view_indexing(), torch.inference_mode():
         for fn, args in cases:
             wrapped = CompiledOrEager(fn, fullgraph=True, backend="eager")
-            with caplog.at_level(logging.WARNING, logger="reranker.model"):
+            with caplog.at_level(logging.WARNING, logger="reranker.model.scorer"):
                 out = wrapped(*args)
             assert not wrapped.failed, caplog.text
             eager = fn(*args)

@@ -1,7 +1,7 @@
 """GPU faults: which errors kill the device, and what the service does after one (no server).
 
 The exceptions are torch's own classes with the messages torch 2.9.1 builds (see
-``reranker/faults.py``); the service tests raise them from ``torch.Tensor.tolist``, which the
+``reranker/model/faults.py``); the service tests raise them from ``torch.Tensor.tolist``, which the
 engine calls at the end of every pass, so the fault enters where a real one would.
 """
 
@@ -15,9 +15,9 @@ import torch
 from devtools.faultinject.sitecustomize import ILLEGAL_ADDRESS, OUT_OF_MEMORY
 from reranker import Reranker
 from reranker.config import Limits
-from reranker.engine import DocumentTooLargeError
-from reranker.faults import DeviceFailedError, fatal_device_error
-from reranker.model import NonFiniteError
+from reranker.model.engine import DocumentTooLargeError
+from reranker.model.faults import DeviceFailedError, fatal_device_error
+from reranker.model.scorer import NonFiniteError
 from reranker.service import RerankService
 
 QUERY = "Which city is the capital of France?"

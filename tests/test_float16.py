@@ -19,8 +19,8 @@ import torch
 
 from devtools.offline import qwen3_config
 from reranker import Reranker, Settings
-from reranker.engine import Engine
-from reranker.model import NonFiniteError, QwenScorer
+from reranker.model.engine import Engine
+from reranker.model.scorer import NonFiniteError, QwenScorer
 from reranker.service import RerankService
 
 QUERY = "which animal is the fastest on land?"
@@ -160,7 +160,7 @@ def load(path, dtype: str, numerics: str = "auto", **settings) -> Reranker:
         return Reranker.load(path, device="cpu", dtype=dtype, settings=Settings(**settings))
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from reranker.tokenization import PromptEncoder
+    from reranker.text.tokenization import PromptEncoder
 
     encoder = PromptEncoder(AutoTokenizer.from_pretrained(path))
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
@@ -205,7 +205,7 @@ def test_float16_scores_outlier_models_like_the_float32_recipe(outlier_dirs, sha
 @pytest.mark.parametrize("shape", SHAPES)
 def test_native_float16_overflows_on_these_models(outlier_dirs, shape):
     """What the float32 residual fixes: the recipe's own float16 rounding overflows."""
-    from reranker.packing import Segment, pack
+    from reranker.model.packing import Segment, pack
 
     native = load(outlier_dirs[shape], "float16", numerics="native")
     encoded = native.prepare(native.request(QUERY, DOCS)).encoded
@@ -237,7 +237,7 @@ def test_an_overflowing_prompt_is_rescored_in_the_safe_mode(outlier_dirs, caplog
     path = outlier_dirs["value_overflow"]
     want = recipe_scores(path)
     fp16 = load(path, "float16")
-    with caplog.at_level(logging.WARNING, logger="reranker.engine"):
+    with caplog.at_level(logging.WARNING, logger="reranker.model.engine"):
         got = fp16.score(QUERY, DOCS)
     assert worst(got, want) <= 1e-3
     assert fp16.engine.rescored == len(DOCS)

@@ -19,14 +19,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from devtools.offline import save_random_model
 from reranker import Reranker, Settings
-from reranker import fp8 as fp8_module
 from reranker.config import SettingsError
-from reranker.engine import Engine, Item
-from reranker.fp8 import FP8UnsupportedError, unsupported_reason
-from reranker.model import QwenScorer
-from reranker.packing import Segment, pack
+from reranker.model import fp8 as fp8_module
+from reranker.model.engine import Engine, Item
+from reranker.model.fp8 import FP8UnsupportedError, unsupported_reason
+from reranker.model.packing import Segment, pack
+from reranker.model.scorer import QwenScorer
 from reranker.service import RerankService
-from reranker.tokenization import PromptEncoder
+from reranker.text.tokenization import PromptEncoder
 
 QUERY = "which animal is the fastest on land?"
 DOCS = [
@@ -234,8 +234,8 @@ def test_a_float8_weight_in_every_numerics_mode(numerics):
     """``Numerics.linear`` on a float8 weight: bfloat16 activations stay bfloat16 (native),
     float32 ones get float32 (wide), the safe mode multiplies by the dequantized weight; the
     bias is added in every mode."""
-    from reranker.layers import Linear
-    from reranker.model import NUMERICS
+    from reranker.model.layers import Linear
+    from reranker.model.scorer import NUMERICS
 
     nx = replace(NUMERICS[numerics], fp8_emulated=True)
     g = torch.Generator().manual_seed(2)
@@ -350,7 +350,7 @@ def test_fp8_needs_compute_capability_8_9(capability, refused):
 
 
 def test_fp8_refuses_weights_it_cannot_quantize(tmp_path, tokenizer, model_dir):
-    from reranker.layers import prepare_layers
+    from reranker.model.layers import prepare_layers
 
     odd = hf_model(save_random_model(tmp_path / "odd", tokenizer=tokenizer, intermediate_size=100))
     with pytest.raises(ValueError, match="divisible by 16"):

@@ -15,7 +15,7 @@ from devtools.localserver import LocalCogServer, ServerError
 from devtools.offline import save_random_model
 from reranker import Settings
 from reranker.config import SettingsError
-from reranker.model import NonFiniteError
+from reranker.model.scorer import NonFiniteError
 from reranker.service import RerankService
 
 ARGUMENTS = ("query", "documents", "instruction", "top_k", "batch_size", "max_length")

@@ -12,8 +12,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from devtools.offline import save_random_model
 from reranker import Reranker, Settings
-from reranker.model import QwenScorer
-from reranker.packing import Segment, pack
+from reranker.model.packing import Segment, pack
+from reranker.model.scorer import QwenScorer
 
 QUERY = "What is the capital of China?"
 DOCS = ["The capital of China is Beijing.", "Gravity attracts bodies.", "", "a " * 40]

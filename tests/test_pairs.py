@@ -13,7 +13,7 @@ import pytest
 from reference import Recipe
 
 from reranker import Settings
-from reranker.admission import AdmissionTimeout, request_chars
+from reranker.runtime.admission import AdmissionTimeout, request_chars
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

@@ -6,7 +6,7 @@ import pytest
 from reference import Recipe, format_instruction
 
 from reranker import Reranker, Settings
-from reranker.prompt import DEFAULT_INSTRUCTION, format_body
+from reranker.text.prompt import DEFAULT_INSTRUCTION, format_body
 
 QUERY = "What is the capital of China?"
 DOCUMENTS = [

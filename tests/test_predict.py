@@ -8,7 +8,8 @@ import inspect
 import pytest
 
 import predict
-from reranker import config, prompt
+from reranker import config
+from reranker.text import prompt
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def test_predict_constants_equal_the_package_constants():
 
 
 def test_output_model_matches_the_library_result():
-    from reranker.scoring import RankedDocument, RerankResult, Usage
+    from reranker.request.results import RankedDocument, RerankResult, Usage
 
     fields = {f for f in RerankResult.__dataclass_fields__}
     assert fields == set(predict.Output.model_fields)

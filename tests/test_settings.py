@@ -10,8 +10,8 @@ import torch
 
 from reranker import Settings
 from reranker.config import SettingsError
+from reranker.loading.weights import WeightsError
 from reranker.service import RerankService
-from reranker.weights import WeightsError
 
 # (variable, raw value, parsed value): the parsed value's type is checked too.
 VALID = [

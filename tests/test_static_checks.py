@@ -606,7 +606,7 @@ def test_build_context_is_what_the_image_needs():
         "predict.py",
         "cog.yaml",
         "requirements.txt",
-        "reranker/engine.py",
+        "reranker/model/engine.py",
         "weights/config.json",
         "weights/model-00001-of-00004.safetensors",
     ]
@@ -614,7 +614,7 @@ def test_build_context_is_what_the_image_needs():
         ".git/HEAD",
         ".venv/bin/python",
         "tiny-model/model.safetensors",
-        "reranker/__pycache__/engine.cpython-312.pyc",
+        "reranker/model/__pycache__/engine.cpython-312.pyc",
         ".pytest_cache/v/cache/nodeids",
         ".ruff_cache/0.8/x",
         ".hypothesis/examples/x",
@@ -641,8 +641,8 @@ def test_predict_inputs_are_the_request_options():
     choices; an option missing from predict.py (or an input that is no option) fails.
     Faults seen failing: DEFAULT_BATCH_SIZE = 128 in predict.py; `le=32767` on max_length;
     an option added to RerankOptions only."""
-    from reranker.options import SAME, specs
-    from reranker.prompt import resolve_instruction
+    from reranker.request.options import SAME, specs
+    from reranker.text.prompt import resolve_instruction
 
     static = static_inputs(predict_source())
     assert set(static) - {"query", "documents"} == {name for name, _, _ in specs()}

@@ -12,8 +12,8 @@ from tokenizers import Tokenizer
 from transformers import Qwen2Tokenizer
 
 from devtools.offline import ADDED_TOKENS, FIRST_ADDED_ID
-from reranker.prompt import DEFAULT_INSTRUCTION, SUFFIX, format_body, format_head, format_tail
-from reranker.tokenization import PromptEncoder, TokenizerError
+from reranker.text.prompt import DEFAULT_INSTRUCTION, SUFFIX, format_body, format_head, format_tail
+from reranker.text.tokenization import PromptEncoder, TokenizerError
 
 # Strings chosen to sit on pre-tokenizer edges: what follows "<Document>:" decides how the
 # first pre-token of the tail forms.

@@ -17,7 +17,7 @@ import pytest
 
 from reranker import Reranker, Settings
 from reranker.config import HUB_MODEL_ID, HUB_REVISION
-from reranker.weights import COMPLETE_MARKER, WeightsError, resolve_weights
+from reranker.loading.weights import COMPLETE_MARKER, WeightsError, resolve_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 

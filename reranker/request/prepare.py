@@ -6,7 +6,7 @@ into a :class:`PreparedRequest` (identical documents tokenized and scored once) 
 token budget, the one limit that needs the tokenizer.
 
 With ``long_documents="chunk"`` a document whose prompt would exceed ``max_length`` becomes
-several prompts, its windows (:mod:`reranker.windows`); the prepared request maps prompts back
+several prompts, its windows (:mod:`reranker.text.windows`); the prepared request maps prompts back
 to documents, and a document's logit is that of its best window.
 """
 
@@ -16,12 +16,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Limits
+from ..config import Limits
+from ..text.prompt import resolve_instruction
+from ..text.tokenization import EncodedRequest, PromptEncoder
+from ..text.windows import Window, effective_overlap, split
+from ..validation import check_documents, check_text, check_token_budget
 from .options import RerankOptions, spec, unknown
-from .prompt import resolve_instruction
-from .tokenization import EncodedRequest, PromptEncoder
-from .validation import check_documents, check_text, check_token_budget
-from .windows import Window, effective_overlap, split
 
 
 @dataclass(frozen=True)

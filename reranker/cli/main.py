@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from .config import DTYPE_NAMES, Settings
+from ..config import DTYPE_NAMES, Settings
+from ..request.options import add_arguments, from_arguments
+from ..request.prepare import RerankRequest
 from .documents_file import FORMATS, load_documents
-from .options import add_arguments, from_arguments
-from .request import RerankRequest
 
 # Hub ids as huggingface_hub's validate_repo_id (utils/_validators.py) accepts them, but with
 # the namespace required: a bare name that is not a directory is far likelier a mistyped path.
@@ -103,8 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         request = RerankRequest.build(
             settings.limits, query=args.query, documents=documents, **from_arguments(args)
         )
-        from .api import Reranker
-        from .config import HUB_MODEL_ID
+        from ..api import Reranker
+        from ..config import HUB_MODEL_ID
 
         revision = settings.hub_revision if args.model == HUB_MODEL_ID else None
         reranker = Reranker.load(

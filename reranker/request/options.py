@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .config import (
+from ..config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_MAX_LENGTH,
@@ -27,7 +27,7 @@ from .config import (
     Limits,
     check_choice,
 )
-from .validation import check_bool, check_int, check_text
+from ..validation import check_bool, check_int, check_text
 
 SAME = object()  # ``cog_default``: Replicate's default is the library's
 

@@ -28,7 +28,7 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .config import DEFAULT_CHUNK_OVERLAP
+from ..config import DEFAULT_CHUNK_OVERLAP
 from .tokenization import PromptEncoder
 
 # A window must leave room for at least this many document tokens: below it, windows would

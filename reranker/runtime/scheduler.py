@@ -15,7 +15,7 @@ whole bound runs when the replica holds none.
 Passes run only on the worker threads, one per replica, started on the first request and
 stopped by :meth:`Scheduler.close` (or at interpreter exit). Callers submit and await their
 logits (:meth:`Scheduler.logits`); the library's blocking calls are the same coroutine run on
-a loop thread (:mod:`reranker.loop`). A replica's cached-prefix room is a
+a loop thread (:mod:`reranker.runtime.loop`). A replica's cached-prefix room is a
 :class:`~reranker.gate.FifoGate`, the same rule admission applies to requests.
 
 Cancelling a request (its coroutine is cancelled, or a blocking caller is interrupted) drops
@@ -40,11 +40,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .batching import PassFill, length_order
-from .engine import Engine, Item, PassResult
+from ..model.batching import PassFill, length_order
+from ..model.engine import Engine, Item, PassResult
+from ..model.scorer import ContextKV, NonFiniteError
+from ..text.tokenization import EncodedRequest
 from .gate import FifoGate, Ticket
-from .model import ContextKV, NonFiniteError
-from .tokenization import EncodedRequest
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from .config import Settings, env_name
+from ..config import Settings, env_name
+from ..request.prepare import PreparedRequest, RerankRequest
 from .gate import FifoGate
-from .request import PreparedRequest, RerankRequest
 
 
 class AdmissionTimeout(TimeoutError):

@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import HUB_MODEL_ID, HUB_REVISION, Settings
+from ..config import HUB_MODEL_ID, HUB_REVISION, Settings
 
 log = logging.getLogger(__name__)
 

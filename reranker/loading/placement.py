@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import fp8
-from .config import DTYPE_NAMES, check_choice, check_device_name
+from ..config import DTYPE_NAMES, check_choice, check_device_name
+from ..model import fp8
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The one capacity rule: a weighted FIFO gate ("empty, or the new weight fits").
 
-Admission's two in-flight bounds (:mod:`reranker.admission`) and each replica's cached-prefix
-room (:mod:`reranker.scheduler`) are gates. Usable from any event loop or thread.
+Admission's two in-flight bounds (:mod:`reranker.runtime.admission`) and each replica's
+cached-prefix room (:mod:`reranker.runtime.scheduler`) are gates. Usable from any event loop
+or thread.
 """
 
 from __future__ import annotations

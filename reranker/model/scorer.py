@@ -3,7 +3,7 @@
 The Qwen3 decoder is run with its own modules (norms, projections, MLP, rotary embedding),
 but the loop over layers is ours so that a pass can
 
-* pack segments without padding and attend per segment (see :mod:`reranker.attention`),
+* pack segments without padding and attend per segment (see :mod:`reranker.model.attention`),
 * continue a cached context (the request's shared prompt prefix),
 * keep only the last token of each segment after the final attention,
 * and never build full-vocabulary logits: the score needs one float32 row,
@@ -80,7 +80,7 @@ class QwenScorer:
         capability: tuple[int, int] | None = None,
     ) -> None:
         """``capability``: the GPU's compute capability for the FP8 check (None: ask
-        ``torch.cuda``; see :func:`reranker.fp8.unsupported_reason`)."""
+        ``torch.cuda``; see :func:`reranker.model.fp8.unsupported_reason`)."""
         config = hf_model.config
         if getattr(config, "model_type", None) != "qwen3":
             raise UnsupportedModelError(
@@ -293,7 +293,7 @@ class Numerics:
     v is the one input left that could overflow, and such a segment goes to the safe mode).
     ``float32``: every activation in float32, weights upcast per GEMM (the safe mode).
 
-    A float8 weight (``RERANKER_QUANTIZATION=fp8``, :mod:`reranker.fp8`) meets activations
+    A float8 weight (``RERANKER_QUANTIZATION=fp8``, :mod:`reranker.model.fp8`) meets activations
     quantized per token; its bfloat16 output is upcast to float32 (``wide``) or cast to the
     activations' dtype (``native``). The safe mode multiplies float32 activations by the
     dequantized weight.

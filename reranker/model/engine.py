@@ -18,12 +18,12 @@ from typing import TypeVar
 
 import torch
 
+from ..config import PREFIX_REUSE_NAMES, Settings, check_choice
+from ..text.tokenization import EncodedRequest
+from ..validation import check_int
 from .batching import plan_passes, split_in_half
-from .config import PREFIX_REUSE_NAMES, Settings, check_choice
-from .model import ContextKV, QwenScorer
 from .packing import Segment, pack
-from .tokenization import EncodedRequest
-from .validation import check_int
+from .scorer import ContextKV, QwenScorer
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ Two encoders share one tokenizer definition:
 On text that spells no added token both encoders give identical ids, which the tests check.
 
 A long document is not tokenized whole: :meth:`PromptEncoder.encode_documents` tokenizes a
-prefix cut where :mod:`reranker.safecut` proves its ids are the whole text's first ids, and
+prefix cut where :mod:`reranker.text.safecut` proves its ids are the whole text's first ids, and
 grows it until it yields the tokens kept, so the work follows ``max_length``, not the length.
 """
 
@@ -147,7 +147,7 @@ class PromptEncoder:
         """``(ids[:room], len(ids) > room)`` per text, as if each were tokenized whole.
 
         Texts longer than twice the first prefix are tokenized by safe prefixes (see
-        :mod:`reranker.safecut`), doubled until one yields ``room`` ids; the others, and
+        :mod:`reranker.text.safecut`), doubled until one yields ``room`` ids; the others, and
         texts with no safe cut, in one batch as they are.
         """
         if room < 1 or not chars_per_token > 0:
@@ -184,7 +184,7 @@ def _prefix_cut(text: str, length: int) -> int | None:
 
 
 def proof_applies(encoder: Tokenizer) -> bool:
-    """True when ``encoder`` is the pipeline :mod:`reranker.safecut` reasons about."""
+    """True when ``encoder`` is the pipeline :mod:`reranker.text.safecut` reasons about."""
 
     def state(part) -> dict:
         return json.loads(part.__getstate__()) if part is not None else {}

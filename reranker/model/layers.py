@@ -12,7 +12,7 @@ on the same memory (the benchmark's recipe engines share the model with the scor
 model whose projections already are adjacent views of one tensor (a second scorer on the same
 model) reuses that tensor instead of copying it again.
 
-With ``quantization="fp8"`` (:mod:`reranker.fp8`) every GEMM that runs over all tokens of a
+With ``quantization="fp8"`` (:mod:`reranker.model.fp8`) every GEMM that runs over all tokens of a
 pass is quantized once here: every projection of every layer but the last, and the last
 layer's q/k/v. The last layer's output projection and MLP run after the last-token gather
 (M = segments in the pass, K up to 12,288): they stay 16-bit, where FP8 gains nothing and small

@@ -7,10 +7,10 @@ import time
 
 import torch
 
-from .config import Settings
-from .engine import Engine
-from .model import QwenScorer
-from .tokenization import PromptEncoder
+from ..config import Settings
+from ..model.engine import Engine
+from ..model.scorer import QwenScorer
+from ..text.tokenization import PromptEncoder
 
 log = logging.getLogger(__name__)
 

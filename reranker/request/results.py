@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from .request import PreparedRequest
+from .prepare import PreparedRequest
 
 
 def sigmoid(x: float) -> float:
