@@ -526,3 +526,38 @@ def test_openapi_describes_what_the_handler_reads(server):
 def test_health_is_ready(server):
     status, raw = server.request("GET", "/health")
     assert (status, json.loads(raw)) == (200, {"status": "ready"})
+
+
+def hostile_requests():
+    from test_hostile import documents, long_runs, text
+
+    return st.fixed_dictionaries(
+        {
+            "query": st.one_of(text, long_runs),
+            "documents": documents,
+            "instruction": st.one_of(st.none(), text),
+            "top_n": st.one_of(st.none(), st.integers(-2, 12)),
+        }
+    )
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(request=hostile_requests())
+def test_the_hostile_corpus_of_the_cog_tests(server, reranker, request):
+    """The text that breaks naive pipelines (control-token spellings, lone surrogates, NUL,
+    RTL marks, long runs) through JSON and the server: a 400 naming the field, or exactly the
+    library's scores (so no user text became a control token on the way)."""
+    status, body = post(server, "/v1/rerank", request)
+    if status == 400:
+        field = body["message"].split(" ")[0].split("[")[0].split("=")[0]
+        assert field in ("query", "documents", "instruction", "top_n", "max_length"), body
+        return
+    assert status == 200, body
+    scores = reranker.score(
+        request["query"], request["documents"], instruction=request["instruction"]
+    )
+    got = {r["index"]: r["relevance_score"] for r in body["results"]}
+    assert all(got[i] == scores[i] for i in got)
+    assert len(got) == min(request["top_n"] or len(scores), len(scores))
