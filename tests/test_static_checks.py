@@ -607,6 +607,7 @@ def test_build_context_is_what_the_image_needs():
         "cog.yaml",
         "requirements.txt",
         "reranker/model/engine.py",
+        "reranker/serve/app.py",
         "weights/config.json",
         "weights/model-00001-of-00004.safetensors",
     ]
@@ -621,6 +622,7 @@ def test_build_context_is_what_the_image_needs():
         ".cache/huggingface/hub/x",
         ".cog/openapi_schema.json",
         "tests/test_api.py",
+        "tests/envs/langchain/.venv/bin/python",
         "devtools/offline.py",
         "bench/out/load.json",
         "bench/results/cpu.md",

@@ -1,4 +1,6 @@
-"""``rerank``: rank documents from the command line; prints the predictor's JSON output."""
+"""``rerank``: rank documents from the command line; prints the predictor's JSON output.
+
+``rerank serve ...`` runs the HTTP server instead (:mod:`reranker.serve`)."""
 
 from __future__ import annotations
 
@@ -58,7 +60,9 @@ def show_progress(quiet: bool, stream: TextIO) -> bool:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="rerank", description="Rank documents against a query with Qwen3-Reranker."
+        prog="rerank",
+        description="Rank documents against a query with Qwen3-Reranker.",
+        epilog="rerank serve --help: serve the rerank API (Cohere, Jina, vLLM, TEI) instead.",
     )
     p.add_argument(
         "--model", required=True, help="a local model directory, or a hub id of the form owner/name"
@@ -93,6 +97,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:
+        from .serve.command import main as serve
+
+        return serve(argv[1:])
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     try:

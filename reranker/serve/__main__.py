@@ -1,0 +1,7 @@
+"""``python -m reranker.serve``: the same as ``rerank serve``."""
+
+import sys
+
+from .command import main
+
+sys.exit(main())

@@ -1,0 +1,293 @@
+"""Real clients, unmodified from PyPI, against `rerank serve` on 127.0.0.1.
+
+cohere 7 (ClientV2 -> /v2/rerank, Client -> /v1/rerank), LiteLLM's ``rerank()`` (``cohere/``
+-> /v2/rerank, ``hosted_vllm/`` -> /rerank), LlamaIndex's JinaAI postprocessor (Jina's shape,
+``base_url + "/rerank"``) and TEI postprocessor (TEI's shape) run in this process, from the dev
+group. LangChain's CohereRerank needs cohere<6, so it runs in its own environment
+(tests/envs/langchain, its own uv.lock) as a subprocess. Then the exact bodies Open WebUI and
+Dify's plugins send, replayed from their source.
+
+Every score must equal the library's ``score()`` for the same inputs: same token ids, same
+float32 logits on the tiny model. Nothing may leave 127.0.0.1: a guard refuses any other
+address and the module fails if anything tried (LiteLLM fetches its cost map at import unless
+told not to).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from devtools.apiserver import LocalRerankServer
+
+KEY = "client-key"
+QUERY = "Which city is the capital of France?"
+DOCS = [
+    "Paris is the capital and largest city of France.",
+    "Bananas are yellow when ripe.",
+    "Lyon is a city in France, known for its cuisine.",
+    "The Eiffel Tower is in Paris.",
+    "Berlin is the capital of Germany.",
+]
+LANGCHAIN_ENV = Path(__file__).parent / "envs" / "langchain"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def loopback_only():
+    """Refuse, and remember, any connection this process tries beyond the loopback."""
+    tried: list[object] = []
+    connect = socket.socket.connect
+
+    def guarded(sock, address):
+        host = address[0] if isinstance(address, tuple) else None
+        if host is not None and not ipaddress.ip_address(host).is_loopback:
+            tried.append(address)
+            raise OSError(f"test clients must not leave 127.0.0.1: {address}")
+        return connect(sock, address)
+
+    socket.socket.connect = guarded
+    saved = {k: os.environ.get(k) for k in ("LITELLM_LOCAL_MODEL_COST_MAP", "LITELLM_OFFLINE_MODE")}
+    os.environ.update(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_OFFLINE_MODE="true")
+    try:
+        yield tried
+    finally:
+        socket.socket.connect = connect
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert tried == [], f"clients tried to reach {tried}"
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    with LocalRerankServer(model_dir, env={"RERANKER_API_KEY": KEY}) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def scores(reranker):
+    return reranker.score(QUERY, DOCS)
+
+
+@pytest.fixture(scope="module")
+def order(scores):
+    return sorted(range(len(DOCS)), key=lambda i: -scores[i])
+
+
+# -- Cohere ------------------------------------------------------------------------------------
+
+
+def test_cohere_client_v2(server, scores, order):
+    import cohere
+
+    co = cohere.ClientV2(api_key=KEY, base_url=server.base_url)
+    response = co.rerank(model="qwen3-reranker-8b", query=QUERY, documents=DOCS, top_n=3)
+    assert [(r.index, r.relevance_score) for r in response.results] == [
+        (i, scores[i]) for i in order[:3]
+    ]
+    assert response.meta.tokens.input_tokens > 0 and response.meta.billed_units.search_units == 1
+    # cohere-haystack and Cohere's own default: max_tokens_per_doc=4096
+    response = co.rerank(
+        model="m", query=QUERY, documents=DOCS, max_tokens_per_doc=4096, priority=1
+    )
+    assert [r.relevance_score for r in response.results] == [scores[i] for i in order]
+
+
+def test_cohere_client_v1_with_documents(server, scores, order):
+    import cohere
+
+    co = cohere.Client(api_key=KEY, base_url=server.base_url)
+    response = co.rerank(model="m", query=QUERY, documents=DOCS, top_n=2, return_documents=True)
+    assert [(r.index, r.relevance_score, r.document.text) for r in response.results] == [
+        (i, scores[i], DOCS[i]) for i in order[:2]
+    ]
+
+
+def test_cohere_client_reports_a_bad_key(server):
+    import cohere
+
+    co = cohere.ClientV2(api_key="wrong", base_url=server.base_url)
+    with pytest.raises(cohere.core.api_error.ApiError) as caught:
+        co.rerank(model="m", query=QUERY, documents=DOCS)
+    assert caught.value.status_code == 401
+
+
+# -- LiteLLM -------------------------------------------------------------------------------------
+
+
+def test_litellm_cohere_provider(server, scores, order):
+    import litellm
+
+    response = litellm.rerank(
+        model="cohere/qwen3-reranker-8b",
+        query=QUERY,
+        documents=DOCS,
+        top_n=3,
+        api_base=server.base_url,
+        api_key=KEY,
+    )
+    assert [(r["index"], r["relevance_score"]) for r in response.results] == [
+        (i, scores[i]) for i in order[:3]
+    ]
+    assert response.meta["tokens"]["input_tokens"] > 0
+
+
+def test_litellm_hosted_vllm_provider_with_instruction(server, reranker, order, scores):
+    import litellm
+
+    instruction = "Given a question, find the passage naming the city"
+    response = litellm.rerank(
+        model="hosted_vllm/qwen3-reranker-8b",
+        query=QUERY,
+        documents=DOCS,
+        instruction=instruction,
+        api_base=server.base_url,
+        api_key=KEY,
+    )
+    want = reranker.score(QUERY, DOCS, instruction=instruction)
+    got = [(r["index"], r["relevance_score"]) for r in response.results]
+    assert got == sorted(enumerate(want), key=lambda p: -p[1])
+    assert want != scores
+    assert response.results[0]["document"]["text"] == DOCS[got[0][0]]  # /rerank returns them
+    assert response.meta["billed_units"]["search_units"] == 1
+
+
+# -- LlamaIndex: Jina's shape and TEI's ----------------------------------------------------------
+
+
+def nodes():
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    return [NodeWithScore(node=TextNode(text=d, id_=str(i)), score=0.0) for i, d in enumerate(DOCS)]
+
+
+def test_llamaindex_jina_postprocessor(server, scores, order):
+    from llama_index.postprocessor.jinaai_rerank import JinaRerank
+
+    rerank = JinaRerank(base_url=f"{server.base_url}/v1", api_key=KEY, top_n=3, model="m")
+    kept = rerank.postprocess_nodes(nodes(), query_str=QUERY)
+    assert [(int(n.node.id_), n.score) for n in kept] == [(i, scores[i]) for i in order[:3]]
+
+
+def test_llamaindex_tei_postprocessor(server, scores, order):
+    from llama_index.postprocessor.tei_rerank import TextEmbeddingInference
+
+    rerank = TextEmbeddingInference(base_url=server.base_url, auth_token=f"Bearer {KEY}", top_n=2)
+    kept = rerank.postprocess_nodes(nodes(), query_str=QUERY)
+    assert [(int(n.node.id_), n.score) for n in kept] == [(i, scores[i]) for i in order[:2]]
+
+
+# -- LangChain, in its own environment ------------------------------------------------------------
+
+
+def test_langchain_cohere_rerank(server, scores, order):
+    uv = os.environ.get("UV") or shutil.which("uv")
+    assert uv, "uv is needed to sync tests/envs/langchain"
+    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
+    env.pop("VIRTUAL_ENV", None)
+    subprocess.run(
+        [uv, "sync", "--frozen", "--quiet", "--project", str(LANGCHAIN_ENV)],
+        check=True,
+        env=env,
+        timeout=600,
+    )
+    python = LANGCHAIN_ENV / ".venv" / "bin" / "python"
+    out = subprocess.run(
+        [
+            str(python),
+            str(LANGCHAIN_ENV / "client.py"),
+            server.base_url,
+            KEY,
+            QUERY,
+            json.dumps(DOCS),
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout) == [[i, scores[i]] for i in order[:3]]
+
+
+# -- what RAG apps send, replayed from their source ------------------------------------------------
+
+
+def open_webui_body(documents):
+    """Open WebUI's external reranker (open-webui/open-webui
+    backend/open_webui/retrieval/models/external.py, ``ExternalReranker.predict``): POSTs to the
+    configured full URL (default http://localhost:8080/v1/rerank) with a Bearer key, then reads
+    ``results`` sorted by ``index`` and takes each ``relevance_score``."""
+    return {"model": "reranker", "query": QUERY, "documents": documents, "top_n": len(documents)}
+
+
+def dify_openai_compatible_body(documents, top_n=None):
+    """Dify's OpenAI-API-compatible plugin (langgenius/dify-official-plugins
+    models/openai_api_compatible/models/rerank/rerank.py, ``OpenAIRerankModel._invoke``): POSTs
+    to ``{endpoint_url}/rerank``; ``score_threshold`` is sent when set (its credential check
+    uses 0.8)."""
+    return {
+        "model": "qwen3-reranker",
+        "query": QUERY,
+        "documents": documents,
+        "top_n": top_n if top_n else len(documents),
+        "return_documents": True,
+        "score_threshold": 0.8,
+    }
+
+
+def dify_jina_body(documents, model="jina-reranker-v2-base-multilingual", top_n=None):
+    """Dify's Jina plugin (langgenius/dify-official-plugins models/jina/models/rerank/rerank.py,
+    ``JinaRerankModel._invoke``): POSTs to ``base_url + "/rerank"``; ``top_n`` may be null;
+    for jina-reranker-m0 each document is ``{"text": ...}``
+    (models/jina/models/shared/input.py, ``transform_jina_input_text``)."""
+    wrap = model in ("jina-clip-v1", "jina-clip-v2", "jina-embeddings-v4", "jina-reranker-m0")
+    return {
+        "model": model,
+        "query": QUERY,
+        "documents": [{"text": d} if wrap else d for d in documents],
+        "top_n": top_n,
+        "return_documents": False,
+    }
+
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def test_open_webui_request(server, scores):
+    status, body = server.post("/v1/rerank", open_webui_body(DOCS), headers=AUTH)
+    assert status == 200, body
+    got = [r["relevance_score"] for r in sorted(body["results"], key=lambda r: r["index"])]
+    assert got == scores
+
+
+@pytest.mark.parametrize("prefix", ["", "/v1"])  # endpoint_url with or without /v1
+def test_dify_openai_compatible_request(server, scores, order, prefix):
+    status, body = server.post(
+        f"{prefix}/rerank", dify_openai_compatible_body(DOCS, 3), headers=AUTH
+    )
+    assert status == 200, body
+    assert [(r["index"], r["relevance_score"], r["document"]["text"]) for r in body["results"]] == [
+        (i, scores[i], DOCS[i]) for i in order[:3]
+    ]
+    assert body["usage"]["total_tokens"] > 0  # Dify reads usage.total_tokens
+
+
+@pytest.mark.parametrize("model", ["jina-reranker-v2-base-multilingual", "jina-reranker-m0"])
+def test_dify_jina_request(server, scores, order, model):
+    status, body = server.post("/v1/rerank", dify_jina_body(DOCS, model), headers=AUTH)
+    assert status == 200, body
+    assert [(r["index"], r["relevance_score"]) for r in body["results"]] == [
+        (i, scores[i]) for i in order
+    ]
+    assert all("document" not in r for r in body["results"])
+    assert body["model"] == model
