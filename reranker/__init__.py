@@ -11,7 +11,8 @@ one line, the names left of it; tests/test_layout.py holds the rule):
     runtime/ | loading/  admission -> the queue -> passes on the replicas' workers |
                          devices, weights, replicas
     api, service         the library (Reranker) and the serving side (RerankService)
-    cli/, then drift/ and serve/: front ends and tools over them
+    serve/, cli/, drift   front ends and tools: the HTTP rerank API, the rerank command
+                         (whose `rerank serve` starts the former), the float16 drift check
 
 Names are imported lazily so that ``rerank --help`` and argument errors do not wait for torch.
 """

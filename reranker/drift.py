@@ -594,7 +594,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        from .cli.main import model_argument
+        from .loading.weights import model_argument
 
         model = model_argument(args.model)
         modes = parse_modes(args.modes)

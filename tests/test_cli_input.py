@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from reranker.cli.documents_file import load_documents, read_documents
-from reranker.cli.main import model_argument, write_json
+from reranker.cli.main import write_json
+from reranker.loading.weights import model_argument
 
 BOM = b"\xef\xbb\xbf"
 

@@ -18,8 +18,9 @@ LAYERS = [
     {"runtime", "loading"},
     {"api"},
     {"service"},
+    {"serve"},
     {"cli"},
-    {"drift", "serve", "__main__"},
+    {"drift", "__main__"},
 ]
 
 

@@ -8,35 +8,15 @@ import argparse
 import codecs
 import json
 import logging
-import os
-import re
 import sys
 from collections.abc import Sequence
 from typing import TextIO
 
 from ..config import DTYPE_NAMES, Settings
+from ..loading.weights import model_argument
 from ..request.options import add_arguments, from_arguments
 from ..request.prepare import RerankRequest
 from .documents_file import FORMATS, load_documents
-
-# Hub ids as huggingface_hub's validate_repo_id (utils/_validators.py) accepts them, but with
-# the namespace required: a bare name that is not a directory is far likelier a mistyped path.
-HUB_ID = re.compile(r"(?!.*(--|\.\.))\w(?:[\w.-]{0,94}\w)?/\w(?:[\w.-]{0,94}\w)?", re.ASCII)
-
-
-def model_argument(model: str) -> str:
-    """``--model`` as the loader should get it: an existing directory (``~`` expanded) or a hub
-    id ``owner/name``; anything else fails here, not with huggingface_hub's repo-id message."""
-    local = os.path.expanduser(model)
-    if os.path.isdir(local):
-        return local
-    if os.path.exists(local):
-        raise ValueError(f"--model: not a directory: {model}")
-    if HUB_ID.fullmatch(model) and not model.endswith(".git"):
-        return model
-    raise ValueError(
-        f"--model: no such directory: {model} (and not a hub id of the form owner/name)"
-    )
 
 
 def write_json(value: object, stream: TextIO) -> None:
@@ -99,7 +79,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["serve"]:
-        from .serve.command import main as serve
+        from ..serve.command import main as serve
 
         return serve(argv[1:])
     args = parser().parse_args(argv)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -205,3 +206,23 @@ def download_from_hub(
         raise WeightsError(
             f"could not download {repo_id}@{revision or 'main'} from the hub: {first}"
         ) from exc
+
+
+# Hub ids as huggingface_hub's validate_repo_id (utils/_validators.py) accepts them, but with
+# the namespace required: a bare name that is not a directory is far likelier a mistyped path.
+HUB_ID = re.compile(r"(?!.*(--|\.\.))\w(?:[\w.-]{0,94}\w)?/\w(?:[\w.-]{0,94}\w)?", re.ASCII)
+
+
+def model_argument(model: str) -> str:
+    """``--model`` as the loader should get it: an existing directory (``~`` expanded) or a hub
+    id ``owner/name``; anything else fails here, not with huggingface_hub's repo-id message."""
+    local = os.path.expanduser(model)
+    if os.path.isdir(local):
+        return local
+    if os.path.exists(local):
+        raise ValueError(f"--model: not a directory: {model}")
+    if HUB_ID.fullmatch(model) and not model.endswith(".git"):
+        return model
+    raise ValueError(
+        f"--model: no such directory: {model} (and not a hub id of the form owner/name)"
+    )

@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         settings = Settings.from_env(env)
         if args.model is not None:
-            from ..cli import model_argument
+            from ..loading.weights import model_argument
 
             settings = replace(settings, model=model_argument(args.model))
         if args.device is not None:
