@@ -189,7 +189,9 @@ def test_llamaindex_tei_postprocessor(server, scores, order):
 # -- LangChain, in its own environment ------------------------------------------------------------
 
 
-def test_langchain_cohere_rerank(server, scores, order):
+@pytest.fixture(scope="module")
+def langchain_python() -> Path:
+    """The LangChain environment's interpreter, synced from its lock (a no-op once synced)."""
     uv = os.environ.get("UV") or shutil.which("uv")
     assert uv, "uv is needed to sync tests/envs/langchain"
     env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
@@ -200,7 +202,11 @@ def test_langchain_cohere_rerank(server, scores, order):
         env=env,
         timeout=600,
     )
-    python = LANGCHAIN_ENV / ".venv" / "bin" / "python"
+    return LANGCHAIN_ENV / ".venv" / "bin" / "python"
+
+
+def test_langchain_cohere_rerank(server, scores, order, langchain_python):
+    python = langchain_python
     out = subprocess.run(
         [
             str(python),
@@ -291,3 +297,82 @@ def test_dify_jina_request(server, scores, order, model):
     ]
     assert all("document" not in r for r in body["results"])
     assert body["model"] == model
+
+
+# -- README's "Self-hosting with standard clients", as written -------------------------------------
+
+
+def readme_section() -> str:
+    from test_readme import README
+
+    return README.split("## Self-hosting with standard clients", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_self_hosting_as_written(model_dir, tmp_path, langchain_python):
+    """The server line, the curl and every client snippet, word for word but for the port;
+    LangChain's in its own environment."""
+    import re
+    import shlex
+    import signal
+    import time
+
+    from test_readme import as_written, is_serve_command
+
+    from devtools.localserver import free_port
+
+    section = readme_section()
+    lines = [ln for b in re.findall(r"```bash\n(.*?)```", section, re.S) for ln in b.splitlines()]
+    serve = next(ln for ln in lines if " rerank serve " in ln and is_serve_command(ln))
+    curl = "\n".join(lines[lines.index(next(ln for ln in lines if ln.startswith("curl"))) :])
+    curl = curl.replace("\\\n", " ")
+    port = str(free_port())
+    (tmp_path / "tiny-model").symlink_to(model_dir)
+    argv, env = as_written(serve.replace("--port 8080", f"--port {port}"))
+    proc = subprocess.Popen(
+        argv,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            health = subprocess.run(
+                ["curl", "-s", f"{base}/health"], capture_output=True, text=True
+            )
+            if '"ready"' in health.stdout:
+                break
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.5)
+        answer = subprocess.run(
+            shlex.split(curl.replace(":8080/", f":{port}/")),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        body = json.loads(answer.stdout)
+        assert [r["index"] for r in body["results"]] in ([0], [1]) and body["usage"][
+            "total_tokens"
+        ] > 0
+        snippets = re.findall(r"```python\n(.*?)```", section, re.S)
+        assert len(snippets) == 4
+        for code in snippets:
+            code = code.replace("http://127.0.0.1:8080", base)
+            if "langchain" in code:
+                code += "\nprint(len(ranked))"
+                python = LANGCHAIN_ENV / ".venv" / "bin" / "python"
+                out = subprocess.run(
+                    [str(python), "-c", code], capture_output=True, text=True, timeout=120
+                )
+                assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr[-2000:]
+                continue
+            scope: dict = {}
+            exec(compile(code, "README.md", "exec"), scope)
+            assert len(scope["ranked"]) >= 1, code
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
