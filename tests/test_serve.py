@@ -419,6 +419,9 @@ def test_large_bodies_are_refused_and_the_server_stays_up(server):
     headers = {**AUTH, "Content-Type": "application/json"}
     status, answer = upload(server, {**headers, "Content-Length": str(len(big))}, pieces)
     assert status == 413 and "larger than 8,388,608 bytes" in answer["message"], answer
+    # refused on its Content-Length alone, before any of it is read (not a 408 for waiting)
+    status, answer = upload(server, {**headers, "Content-Length": str(len(big))}, [])
+    assert status == 413, answer
     # chunked, with no Content-Length: refused once the bytes so far pass the bound
     chunked = [b"%x\r\n%s\r\n" % (len(p), p) for p in pieces] + [b"0\r\n\r\n"]
     status, answer = upload(server, {**headers, "Transfer-Encoding": "chunked"}, chunked)

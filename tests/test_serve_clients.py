@@ -39,26 +39,41 @@ DOCS = [
 LANGCHAIN_ENV = Path(__file__).parent / "envs" / "langchain"
 
 
+def is_loopback(host: object) -> bool:
+    if host in ("localhost", b"localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.decode() if isinstance(host, bytes) else host).is_loopback
+    except ValueError:
+        return False
+
+
 @pytest.fixture(scope="module", autouse=True)
 def loopback_only():
-    """Refuse, and remember, any connection this process tries beyond the loopback."""
+    """Refuse, and remember, any name lookup or connection this process tries beyond the
+    loopback (a client that swallows the error would otherwise go unnoticed)."""
     tried: list[object] = []
-    connect = socket.socket.connect
+    connect, getaddrinfo = socket.socket.connect, socket.getaddrinfo
 
-    def guarded(sock, address):
-        host = address[0] if isinstance(address, tuple) else None
-        if host is not None and not ipaddress.ip_address(host).is_loopback:
+    def guarded_connect(sock, address):
+        if isinstance(address, tuple) and not is_loopback(address[0]):
             tried.append(address)
             raise OSError(f"test clients must not leave 127.0.0.1: {address}")
         return connect(sock, address)
 
-    socket.socket.connect = guarded
+    def guarded_getaddrinfo(host, *args, **kwargs):
+        if host is not None and not is_loopback(host):
+            tried.append(host)
+            raise socket.gaierror(f"test clients must not look up {host}")
+        return getaddrinfo(host, *args, **kwargs)
+
+    socket.socket.connect, socket.getaddrinfo = guarded_connect, guarded_getaddrinfo
     saved = {k: os.environ.get(k) for k in ("LITELLM_LOCAL_MODEL_COST_MAP", "LITELLM_OFFLINE_MODE")}
     os.environ.update(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_OFFLINE_MODE="true")
     try:
         yield tried
     finally:
-        socket.socket.connect = connect
+        socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
