@@ -127,10 +127,13 @@ def main() -> int:
         return [(r.index, r.score) for r in result.results]
 
     want = [by_library(w) for w in requests]
-    with (
-        LocalCogServer({"RERANKER_MODEL": model}, concurrency=16) as cog,
-        LocalRerankServer(model) as serve,
-    ):
+    cog = LocalCogServer({"RERANKER_MODEL": model}, concurrency=16)
+    serve = LocalRerankServer(model)
+    with ThreadPoolExecutor(2) as pool:  # both start at once (each takes seconds to load)
+        started = [pool.submit(server.start) for server in (cog, serve)]
+    try:
+        for future in started:
+            future.result()
 
         def by_cog(w) -> Ranked:
             inputs = {"query": w.query, "documents": w.documents, "instruction": w.instruction}
@@ -148,13 +151,19 @@ def main() -> int:
         for send in targets.values():  # warm-up
             for w in requests[:4]:
                 send(w)
-        probe = [workloads.Workload("probe", ["Paris."], 8192, query=f"q{i}") for i in range(48)]
+        probe = [
+            workloads.Workload("probe", ["Paris."], 8192, query=f"q{i}")
+            for i in range(args.requests)
+        ]
         probes = one_at_a_time(targets, probe, [by_library(w) for w in probe])
         passes = serve.metric("reranker_forward_pass_seconds_count")
         rows = one_at_a_time(targets, requests, want)
         solo_passes = serve.metric("reranker_forward_pass_seconds_count") - passes
         merged = concurrent(targets, requests, want, args.clients, args.rounds)
         merged_passes = serve.metric("reranker_forward_pass_seconds_count") - passes - solo_passes
+    finally:
+        cog.stop()
+        serve.stop()
     library.close()
     for name, row in rows.items():
         row.update(merged[name], target=name, probe_overhead_ms=probes[name]["overhead_ms"])

@@ -11,6 +11,10 @@ Every score must equal the library's ``score()`` for the same inputs: same token
 float32 logits on the tiny model. Nothing may leave 127.0.0.1: a guard refuses any other
 address and the module fails if anything tried (LiteLLM fetches its cost map at import unless
 told not to).
+
+Fault seen failing (2026-12-07): LITELLM_LOCAL_MODEL_COST_MAP and LITELLM_OFFLINE_MODE unset
+(three lookups of raw.githubusercontent.com; LiteLLM swallows the error, so only the guard on
+name lookups, not the one on connections, saw them).
 """
 
 from __future__ import annotations
