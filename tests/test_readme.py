@@ -66,6 +66,8 @@ NOT_RUN_HERE = {
     "python3 -m pip install -q --no-index": "runs on the GPU machine (its --smoke is tested)",
     "  --target /tmp/site": "continues the line above",
     "  python3 bench/gpu_all.py": "continues the line above",
+    "docker run --gpus all": "needs Docker, a GPU and a built image",
+    "  http://127.0.0.1:8080/v2/rerank": "continues the line above",
 }
 
 
@@ -85,10 +87,17 @@ def is_local_server_command(command: str) -> bool:
     )
 
 
+def is_serve_command(command: str) -> bool:
+    """Self-hosting's server and curl lines: run by tests/test_serve_clients.py."""
+    return (" rerank serve " in command and "tiny-model" in command) or command.startswith(
+        'curl -s -H "Authorization: Bearer my-key"'
+    )
+
+
 def test_every_readme_command_is_run_by_a_test_or_explained():
     for command in readme_commands():
         run = is_tiny_model_command(command) or is_help_command(command)
-        run = run or is_local_server_command(command)
+        run = run or is_local_server_command(command) or is_serve_command(command)
         explained = any(command.startswith(prefix) for prefix in NOT_RUN_HERE)
         assert run != explained, f"README command neither tested nor explained: {command!r}"
 

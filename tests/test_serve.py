@@ -2,6 +2,13 @@
 
 One server per module (tiny model, an API key set); answers are compared with the library's
 ``score``/``rank`` on the same model (same token ids, same float32 logits).
+
+Faults seen failing (2026-12-07): results in input order instead of sorted, and
+``"document": null`` instead of the field left out (test_each_route...); the API key check
+always passing (test_every_route_but_health_needs_the_key); the streamed-body bound off, and
+the Content-Length bound off (test_large_bodies...: 200, then 408 instead of 413); top_k not
+renamed to top_n in messages (test_bad_input_names_the_field_as_cog_does); max_tokens_per_doc
+ignored (test_max_tokens_per_doc...).
 """
 
 from __future__ import annotations
@@ -419,6 +426,9 @@ def test_large_bodies_are_refused_and_the_server_stays_up(server):
     headers = {**AUTH, "Content-Type": "application/json"}
     status, answer = upload(server, {**headers, "Content-Length": str(len(big))}, pieces)
     assert status == 413 and "larger than 8,388,608 bytes" in answer["message"], answer
+    # refused on its Content-Length alone, before any of it is read (not a 408 for waiting)
+    status, answer = upload(server, {**headers, "Content-Length": str(len(big))}, [])
+    assert status == 413, answer
     # chunked, with no Content-Length: refused once the bytes so far pass the bound
     chunked = [b"%x\r\n%s\r\n" % (len(p), p) for p in pieces] + [b"0\r\n\r\n"]
     status, answer = upload(server, {**headers, "Transfer-Encoding": "chunked"}, chunked)

@@ -11,6 +11,10 @@ Every score must equal the library's ``score()`` for the same inputs: same token
 float32 logits on the tiny model. Nothing may leave 127.0.0.1: a guard refuses any other
 address and the module fails if anything tried (LiteLLM fetches its cost map at import unless
 told not to).
+
+Fault seen failing (2026-12-07): LITELLM_LOCAL_MODEL_COST_MAP and LITELLM_OFFLINE_MODE unset
+(three lookups of raw.githubusercontent.com; LiteLLM swallows the error, so only the guard on
+name lookups, not the one on connections, saw them).
 """
 
 from __future__ import annotations
@@ -39,26 +43,41 @@ DOCS = [
 LANGCHAIN_ENV = Path(__file__).parent / "envs" / "langchain"
 
 
+def is_loopback(host: object) -> bool:
+    if host in ("localhost", b"localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.decode() if isinstance(host, bytes) else host).is_loopback
+    except ValueError:
+        return False
+
+
 @pytest.fixture(scope="module", autouse=True)
 def loopback_only():
-    """Refuse, and remember, any connection this process tries beyond the loopback."""
+    """Refuse, and remember, any name lookup or connection this process tries beyond the
+    loopback (a client that swallows the error would otherwise go unnoticed)."""
     tried: list[object] = []
-    connect = socket.socket.connect
+    connect, getaddrinfo = socket.socket.connect, socket.getaddrinfo
 
-    def guarded(sock, address):
-        host = address[0] if isinstance(address, tuple) else None
-        if host is not None and not ipaddress.ip_address(host).is_loopback:
+    def guarded_connect(sock, address):
+        if isinstance(address, tuple) and not is_loopback(address[0]):
             tried.append(address)
             raise OSError(f"test clients must not leave 127.0.0.1: {address}")
         return connect(sock, address)
 
-    socket.socket.connect = guarded
+    def guarded_getaddrinfo(host, *args, **kwargs):
+        if host is not None and not is_loopback(host):
+            tried.append(host)
+            raise socket.gaierror(f"test clients must not look up {host}")
+        return getaddrinfo(host, *args, **kwargs)
+
+    socket.socket.connect, socket.getaddrinfo = guarded_connect, guarded_getaddrinfo
     saved = {k: os.environ.get(k) for k in ("LITELLM_LOCAL_MODEL_COST_MAP", "LITELLM_OFFLINE_MODE")}
     os.environ.update(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_OFFLINE_MODE="true")
     try:
         yield tried
     finally:
-        socket.socket.connect = connect
+        socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -189,7 +208,9 @@ def test_llamaindex_tei_postprocessor(server, scores, order):
 # -- LangChain, in its own environment ------------------------------------------------------------
 
 
-def test_langchain_cohere_rerank(server, scores, order):
+@pytest.fixture(scope="module")
+def langchain_python() -> Path:
+    """The LangChain environment's interpreter, synced from its lock (a no-op once synced)."""
     uv = os.environ.get("UV") or shutil.which("uv")
     assert uv, "uv is needed to sync tests/envs/langchain"
     env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
@@ -200,7 +221,11 @@ def test_langchain_cohere_rerank(server, scores, order):
         env=env,
         timeout=600,
     )
-    python = LANGCHAIN_ENV / ".venv" / "bin" / "python"
+    return LANGCHAIN_ENV / ".venv" / "bin" / "python"
+
+
+def test_langchain_cohere_rerank(server, scores, order, langchain_python):
+    python = langchain_python
     out = subprocess.run(
         [
             str(python),
@@ -291,3 +316,82 @@ def test_dify_jina_request(server, scores, order, model):
     ]
     assert all("document" not in r for r in body["results"])
     assert body["model"] == model
+
+
+# -- README's "Self-hosting with standard clients", as written -------------------------------------
+
+
+def readme_section() -> str:
+    from test_readme import README
+
+    return README.split("## Self-hosting with standard clients", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_self_hosting_as_written(model_dir, tmp_path, langchain_python):
+    """The server line, the curl and every client snippet, word for word but for the port;
+    LangChain's in its own environment."""
+    import re
+    import shlex
+    import signal
+    import time
+
+    from test_readme import as_written, is_serve_command
+
+    from devtools.localserver import free_port
+
+    section = readme_section()
+    lines = [ln for b in re.findall(r"```bash\n(.*?)```", section, re.S) for ln in b.splitlines()]
+    serve = next(ln for ln in lines if " rerank serve " in ln and is_serve_command(ln))
+    curl = "\n".join(lines[lines.index(next(ln for ln in lines if ln.startswith("curl"))) :])
+    curl = curl.replace("\\\n", " ")
+    port = str(free_port())
+    (tmp_path / "tiny-model").symlink_to(model_dir)
+    argv, env = as_written(serve.replace("--port 8080", f"--port {port}"))
+    proc = subprocess.Popen(
+        argv,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            health = subprocess.run(
+                ["curl", "-s", f"{base}/health"], capture_output=True, text=True
+            )
+            if '"ready"' in health.stdout:
+                break
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.5)
+        answer = subprocess.run(
+            shlex.split(curl.replace(":8080/", f":{port}/")),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        body = json.loads(answer.stdout)
+        assert [r["index"] for r in body["results"]] in ([0], [1]) and body["usage"][
+            "total_tokens"
+        ] > 0
+        snippets = re.findall(r"```python\n(.*?)```", section, re.S)
+        assert len(snippets) == 4
+        for code in snippets:
+            code = code.replace("http://127.0.0.1:8080", base)
+            if "langchain" in code:
+                code += "\nprint(len(ranked))"
+                python = LANGCHAIN_ENV / ".venv" / "bin" / "python"
+                out = subprocess.run(
+                    [str(python), "-c", code], capture_output=True, text=True, timeout=120
+                )
+                assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr[-2000:]
+                continue
+            scope: dict = {}
+            exec(compile(code, "README.md", "exec"), scope)
+            assert len(scope["ranked"]) >= 1, code
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)

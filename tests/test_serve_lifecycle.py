@@ -1,5 +1,9 @@
 """`rerank serve`'s life: 503 until loaded, one clear line when loading fails, GPU faults turn
 /health to 503, SIGTERM drains. Each test has its own server process; every wait is bounded.
+
+Faults seen failing (2026-12-07): /health ignoring ``service.healthy()`` (200 after the fatal
+fault); /health answering 200 while loading; uvicorn's graceful shutdown cut to 0.1 s (the
+request in flight got a 500).
 """
 
 from __future__ import annotations

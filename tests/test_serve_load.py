@@ -3,6 +3,10 @@ cancelled, and a bounded soak of good, bad and oversized requests leaves memory 
 
 The server runs with a 400-token pass budget (as tests/test_server_concurrency.py runs Cog's),
 so requests take several passes and sharing them shows in the pass count.
+
+Faults seen failing (2026-12-07): requests serialized by a lock in the handler (24 passes with
+8 clients, as many as one at a time); the disconnect watch removed (never cancelled); every
+body kept by the guard (RSS +81 MiB after warm-up).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from fastapi.openapi.utils import get_openapi
 from ..service import RerankService
 from . import schemas
 from .errors import ApiError, ClientGone, error_body, from_service
-from .guard import Guard, Limits
+from .guard import Bounds, Guard
 from .metrics import CONTENT_TYPE, ServeMetrics
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ T = TypeVar("T")
 class AppOptions:
     model_name: str  # answered as "model" when a request names none
     api_key: str | None
-    limits: Limits
+    bounds: Bounds
 
 
 class Serving:
@@ -131,7 +131,7 @@ def create_app(load: Callable[[], RerankService], options: AppOptions) -> Any:
     guarded = Guard(
         app,
         api_key=options.api_key,
-        limits=options.limits,
+        bounds=options.bounds,
         metrics=metrics,
         routes=[r.path for r in schemas.ROUTES],
     )

@@ -136,12 +136,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
     from ..service import RerankService
     from .app import AppOptions, create_app
-    from .guard import Limits
+    from .guard import Bounds
 
     options = AppOptions(
         model_name=args.served_model_name or settings.model or HUB_MODEL_ID,
         api_key=api_key,
-        limits=Limits(
+        bounds=Bounds(
             max_body_bytes=max_body, body_timeout=args.body_timeout, max_concurrent=concurrent
         ),
     )

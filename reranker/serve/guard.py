@@ -35,7 +35,7 @@ OPEN_PATHS = frozenset({"/health"})
 
 
 @dataclass(frozen=True)
-class Limits:
+class Bounds:
     max_body_bytes: int
     body_timeout: float
     max_concurrent: int
@@ -47,13 +47,13 @@ class Guard:
         app: ASGIApp,
         *,
         api_key: str | None,
-        limits: Limits,
+        bounds: Bounds,
         metrics: ServeMetrics,
         routes: Collection[str],
     ) -> None:
         self.app = app
         self.key = f"bearer {api_key}".encode() if api_key else None
-        self.limits = limits
+        self.bounds = bounds
         self.metrics = metrics
         self.routes = frozenset(routes) | OPEN_PATHS | {"/metrics"}
         self.active = 0
@@ -76,7 +76,7 @@ class Guard:
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, counted)
             return
-        if self.active >= self.limits.max_concurrent:
+        if self.active >= self.bounds.max_concurrent:
             error = ApiError(
                 429, f"the server is answering {self.active} requests, its most; retry shortly"
             )
@@ -101,7 +101,7 @@ class Guard:
         return hmac.compare_digest(presented, self.key)  # type: ignore[arg-type]
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        limit = self.limits.max_body_bytes
+        limit = self.bounds.max_body_bytes
         too_large = ApiError(
             413,
             f"the request body is larger than {limit:,} bytes (RERANKER_MAX_BODY_BYTES, "
@@ -114,7 +114,7 @@ class Guard:
         chunks: list[bytes] = []
         size = 0
         try:
-            async with asyncio.timeout(self.limits.body_timeout):
+            async with asyncio.timeout(self.bounds.body_timeout):
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":
@@ -129,7 +129,7 @@ class Guard:
         except TimeoutError:
             raise ApiError(
                 408,
-                f"the request body took longer than {self.limits.body_timeout:g} s to arrive",
+                f"the request body took longer than {self.bounds.body_timeout:g} s to arrive",
                 kind="slow_client",
             ) from None
 
