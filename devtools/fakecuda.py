@@ -224,3 +224,42 @@ def fake_cuda() -> Iterator[FakeTensorMode]:
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     with FakeCuda(mode):
         yield mode
+
+
+@contextmanager
+def passes_under_current_modes(engine: Any) -> Iterator[None]:
+    """Within the block, ``engine``'s passes run under the torch modes active here.
+
+    Passes run on the scheduler's replica worker threads (reranker/runtime/scheduler.py),
+    and torch keeps its mode stacks per thread (``torch.overrides`` function modes and
+    ``TorchDispatchMode``s alike): without this, a pass (or a context pass) on a worker would see no
+    :class:`FakeCuda` (and try the real driver) and no op-logging mode. The modes active
+    where the block is entered are entered again, outermost first, around each pass.
+    """
+    from contextlib import ExitStack
+
+    from torch.overrides import _get_current_function_mode_stack
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    modes = [*_get_current_function_mode_stack(), *_get_current_dispatch_mode_stack()]
+
+    def under_modes(method: Any) -> Any:
+        def call(*args: Any) -> Any:
+            with ExitStack() as stack:
+                for mode in modes:
+                    stack.enter_context(mode)
+                return method(*args)
+
+        return call
+
+    for name in _PASS_METHODS:
+        setattr(engine, name, under_modes(getattr(engine, name)))
+    try:
+        yield
+    finally:
+        for name in _PASS_METHODS:
+            delattr(engine, name)
+
+
+# What a replica worker calls on its engine (reranker/runtime/scheduler.py ``_pass``).
+_PASS_METHODS = ("contexts", "run")

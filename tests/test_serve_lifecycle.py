@@ -79,6 +79,11 @@ def test_bad_settings_name_the_variable():
 def test_health_is_503_while_loading(model_dir):
     port = free_port()
     proc = serve("--model", str(model_dir), "--port", str(port))
+    # Its output is read as it comes: every probe adds an access-log line, and a full pipe
+    # would block the server's next write (its "ready" line included).
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
     seen = set()
     try:
         deadline = time.monotonic() + 180
@@ -93,9 +98,11 @@ def test_health_is_503_while_loading(model_dir):
         assert seen == {503, 200}, seen  # listening before the model is ready
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+    out = "".join(lines)
     # uvicorn shuts down cleanly, then re-raises the signal it caught: the exit says SIGTERM
-    assert proc.returncode == -signal.SIGTERM and "Finished server process" in out, out
+    assert proc.returncode == -signal.SIGTERM and "Finished server process" in out, out[-2000:]
 
 
 @pytest.fixture
