@@ -135,7 +135,8 @@ def prepare(request: RerankRequest, encoder: PromptEncoder, limits: Limits) -> P
         for j, doc_ids, was_cut in zip(range(start, stop), ids, cut, strict=True):
             first.append(len(prompts))
             if j in starts:
-                for w in _windows(encoder, unique[j], room, overlap, starts.pop(j), inverse, j):
+                windows = split(encoder, unique[j], room, overlap, doc_ids, starts.pop(j))
+                for w in _named(windows, inverse, j):
                     tokens += uses[j] * (len(context) + len(w.ids))
                     check_token_budget(tokens, limits, complete=False)
                     prompts.append(w.ids)
@@ -153,18 +154,11 @@ def prepare(request: RerankRequest, encoder: PromptEncoder, limits: Limits) -> P
     return PreparedRequest(request, inverse, encoded, [*first, len(prompts)], spans)
 
 
-def _windows(
-    encoder: PromptEncoder,
-    text: str,
-    room: int,
-    overlap: int,
-    starts: list[int],
-    inverse: list[int],
-    j: int,
-) -> Iterator[Window]:
-    """The windows of distinct document ``j``; an error names its first input position."""
+def _named(windows: Iterator[Window], inverse: list[int], j: int) -> Iterator[Window]:
+    """An error while planning distinct document ``j``'s windows names its first input
+    position."""
     try:
-        yield from split(encoder, text, room, overlap, starts)
+        yield from windows
     except ValueError as exc:
         raise ValueError(f"documents[{inverse.index(j)}]: {exc}") from None
 

@@ -1,32 +1,40 @@
 """A document too long for ``max_length`` -> windows of its text that each fit whole.
 
 ``long_documents="chunk"`` scores such a document as overlapping windows and keeps its best
-window (Cohere's rerank does the same; vLLM's and TEI's score APIs truncate). A window is a
-span ``text[start:end]`` of the document, and it is scored exactly as the model card scores a
-document of that text: its ids are the ids of ``format_tail(text[start:end])``, tokenized on
-their own, never a slice of someone else's ids. So every window's score can be checked
-against the recipe, and ``best_span`` shows the caller the very text that earned the score.
+window (Cohere's rerank does the same; vLLM's and TEI's score APIs truncate).
+
+* The first window is the truncation itself: the very ids ``long_documents="truncate"``
+  scores (the recipe's), so a chunked document never scores below its truncation.
+* Every later window is a span ``text[start:end]`` scored exactly as the model card scores a
+  document of that text: its ids are those of ``format_tail(text[start:end])`` tokenized on
+  their own, never a slice of someone else's ids. So every window's score can be checked
+  against the recipe, and ``best_span`` shows the caller the very text that earned it (for
+  the first window, the characters the truncation keeps whole).
 
 Where the cuts fall: on token boundaries of the whole document's tokenization (so a window
-holds about as many tokens as planned), only where the boundary splits no character (byte
-pieces of one character, e.g. a CJK character or an emoji over two byte tokens, share their
-character's offsets) and no grapheme (no combining mark, ZWJ, variation selector, emoji
-modifier or regional-indicator pair is cut from what it joins, nor CR from LF), preferring
-the start of a word. Each window is then tokenized on its own and shrunk if its own ids do
-not fit (rare: the ids at a cut can differ from the whole document's by a token or two).
+holds about as many tokens as planned) that are extended grapheme cluster boundaries (the
+Unicode rules, UAX #29, as the ``regex`` module's ``\\X`` implements them: no combining mark,
+ZWJ sequence, flag, Hangul syllable or CR LF is cut), preferring the start of a word. Where
+a stretch offers no grapheme boundary within reach (a run of combining marks longer than a
+window), the cut falls between two characters of one grapheme: never inside a character.
 
-Consecutive windows share at least ``overlap`` tokens (counted on the whole document's ids)
-wherever a clean cut lies in reach, which ordinary text always offers when the overlap is a
-fraction of the window; so a passage shorter than the overlap lies whole in some window. The
-last window starts early enough to be a full one.
+Windows always advance: each starts after the previous one starts and ends after it ends,
+none is empty, none lies inside another. Consecutive windows share at least ``overlap``
+tokens (counted on the whole document's ids) wherever a clean cut lies in reach, which
+ordinary text always offers when the overlap is a fraction of the window; so a passage
+shorter than the overlap lies whole in some window. The last window starts early enough to
+be a full one. A window is planned :data:`FIT_MARGIN_TOKENS` short of the room, since its
+own ids can differ from the whole document's near a cut; one that still does not fit is
+planned again, shorter.
 """
 
 from __future__ import annotations
 
 import itertools
-import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+import regex
 
 from ..config import DEFAULT_CHUNK_OVERLAP
 from .tokenization import PromptEncoder
@@ -34,9 +42,10 @@ from .tokenization import PromptEncoder
 # A window must leave room for at least this many document tokens: below it, windows would
 # be mostly prompt template and the cost per document token absurd.
 MIN_WINDOW_TOKENS = 32
-# Tokens a window is planned short of the room, so that its own ids (which can differ from
-# the whole document's near a cut) still fit; doubled for a window that did not fit.
-FIT_MARGIN_TOKENS = 8
+# Tokens a window after the first is planned short of the room (at most a sixteenth of it),
+# so that its own ids, which can differ from the whole document's by a token at either cut,
+# still fit; doubled for a window that did not fit.
+FIT_MARGIN_TOKENS = 4
 # Windows tokenized per call.
 BATCH_WINDOWS = 32
 # How far at least a window reaches past the previous window's end: more than the byte
@@ -75,33 +84,34 @@ def split(
     text: str,
     room: int,
     overlap: int,
+    truncation: Sequence[int],
     starts: list[int] | None = None,
 ) -> Iterator[Window]:
     """The windows of ``text``, in order, each with at most ``room`` tail ids.
 
-    ``overlap`` must be less than ``room`` (see :func:`effective_overlap`); ``starts`` are
+    ``truncation`` is the text's prompt ids as the recipe truncates them
+    (``encoder.encode_tails([text], room)[0][0]``), the first window's; ``overlap`` must be
+    less than ``room`` (see :func:`effective_overlap`); ``starts`` are
     ``encoder.tail_starts([text])[0]``, if the caller has them. A generator, so that the
     caller can stop at a token limit before the rest is tokenized; windows are tokenized
     :data:`BATCH_WINDOWS` at a time (one batched call spreads over the tokenizer's threads).
-    Each window starts after the previous one, so there are fewer windows than tokens, and
-    reaches past the previous one's end (the overlap is therefore at most the window minus a
-    few tokens).
     """
     cuts = _Cuts(text, encoder.tail_starts([text])[0] if starts is None else starts)
-    margin = min(FIT_MARGIN_TOKENS, room // 4)
-    plans = cuts.plan(0, 0, room, overlap, margin, margin)
-    retry, retry_margin = -1, margin  # the window planned again, and its margin
+    yield Window(0, cuts.position(room), tuple(truncation))
+    if room >= cuts.tokens:
+        return
+    margin = max(1, min(FIT_MARGIN_TOKENS, room // 16))
+    plans = cuts.plan(0, room, room - margin, room - margin, overlap)
+    retry, retry_margin = None, margin  # the window planned again, and its margin
     while True:
         plan = list(itertools.islice(plans, BATCH_WINDOWS))
-        spans = [(cuts.window_start(s), cuts.position(e)) for s, e, _ in plan]
+        spans = [(cuts.window_start(s), cuts.position(e)) for _, (s, e) in plan]
         tails, cut = encoder.encode_tails([text[a:b] for a, b in spans], room)
-        for (s, e, c), (a, b), ids, too_long in zip(plan, spans, tails, cut, strict=True):
+        for (previous, (_, e)), (a, b), ids, too_long in zip(plan, spans, tails, cut, strict=True):
             if too_long:  # its own ids are longer than planned: plan it again, shorter
-                retry_margin = 2 * retry_margin if s == retry else 2 * margin
-                if retry_margin >= room:
-                    raise ValueError("a window's text does not fit max_length on its own")
-                retry = s
-                plans = cuts.plan(s, c, room, overlap, retry_margin, margin)
+                retry_margin = 2 * retry_margin if previous == retry else 2 * margin
+                retry = previous
+                plans = cuts.plan(*previous, room - retry_margin, room - margin, overlap)
                 break
             yield Window(a, b, ids)
             if e == cuts.tokens:
@@ -113,8 +123,9 @@ class _Cuts:
 
     def __init__(self, text: str, starts: list[int]) -> None:
         self.text = text
-        self.starts = starts  # per token of the document: the character it starts at
+        self.starts = starts  # per token of the document's tail: the character it starts at
         self.tokens = len(starts)
+        self.graphemes = grapheme_boundaries(text)
 
     def position(self, k: int) -> int:
         """Character position of the boundary before token ``k`` (0 and len(text) at the ends)."""
@@ -123,76 +134,85 @@ class _Cuts:
         return len(self.text) if k >= self.tokens else self.starts[k]
 
     def plan(
-        self, start: int, covered: int, room: int, overlap: int, first_margin: int, margin: int
-    ) -> Iterator[tuple[int, int, int]]:
-        """Windows ``(start, end, covered)`` in tokens from ``start`` on, ``covered`` being
-        where the one before ended; the first planned ``first_margin`` short of ``room``."""
-        span = room - first_margin
-        while True:
-            end = self.end(start, covered, span)
-            yield start, end, covered
-            if end == self.tokens:
-                return
-            start, covered, span = (
-                self.next_start(start, end, room - margin, overlap),
-                end,
-                room - margin,
-            )
+        self, start: int, end: int, first_span: int, span: int, overlap: int
+    ) -> Iterator[tuple[tuple[int, int], tuple[int, int]]]:
+        """The windows after ``[start, end)`` (in tokens), each as ``(previous, window)``;
+        the first planned ``first_span`` tokens long at most, the others ``span``."""
+        while end < self.tokens:
+            previous = start, end
+            start = self.next_start(start, end, span, overlap)
+            end = self.end(start, end, first_span)
+            if end is None:
+                raise ValueError("a window's text does not fit max_length on its own")
+            yield previous, (start, end)
+            first_span = span
 
-    def end(self, start: int, covered: int, span: int) -> int:
+    def end(self, start: int, covered: int, span: int) -> int | None:
         """Where a window from ``start`` of at most ``span`` tokens ends: past ``covered``
-        (the last window's end) and splitting no grapheme, if it can be."""
-        if start + span >= self.tokens:
-            return self.tokens
+        (the previous window's end) and past its own first character, on a grapheme
+        boundary if one is in reach, else between two characters; None if neither is."""
         reach = start + span
-        for least, floor in ((2, covered), (2, start), (1, covered), (1, start)):
-            end = self.before(reach, max(floor, start), span // 8, least)
+        if reach >= self.tokens:
+            return self.tokens
+        opened, floor = self.window_start(start), covered
+        while floor < reach and self.position(floor + 1) <= opened:
+            floor += 1  # (floor, reach]: ends past the window's first character
+        for least in (2, 1):
+            end = self.before(reach, floor, span // 8, least)
             if end is not None:
                 return end
-        raise ValueError(f"no place to cut the document within {span} tokens")
+        return None
 
     def next_start(self, start: int, end: int, span: int, overlap: int) -> int:
-        """Where the window after ``[start, end)`` starts: ``overlap`` tokens before ``end``
-        (more for the last window, which is made a full one), after ``start``, and early
-        enough to reach past ``end``."""
+        """Where the window after ``[start, end)`` starts: after ``start`` (its text too),
+        ``overlap`` tokens before ``end`` (more for the last window, which is made a full
+        one), and early enough to reach :data:`REACH_TOKENS` past ``end``."""
         target = end - overlap
         if self.tokens - target <= span:
             target = min(target, self.tokens - span)
         floor = max(start, end - span + REACH_TOKENS)
+        opened = self.window_start(start)
+        while floor < end and self.window_start(floor + 1) <= opened:
+            floor += 1  # (floor, end]: windows that start after this one's text starts
+        latest = min(max(target, floor + 1), end)
         for j in (
-            self.before(max(target, floor + 1), floor, max(overlap // 8, 1), 2),
-            self.after(max(target, start), end),
-            self.before(max(target, floor + 1), floor, 0, 1),
+            self.before(latest, floor, max(overlap // 8, 1), 2),
+            self.after(max(target, floor), end),
+            self.before(latest, floor, 0, 1),
         ):
             if j is not None:
                 return j
-        return end
+        return end  # the previous window's end: a cut already taken, so no worse
 
     def window_start(self, k: int) -> int:
         """Character where a window starting at token ``k`` starts: a single space that
         opens the token is left out, since the prompt puts one before the document (so the
-        window reads "<Document>: word", as a document of that text would)."""
+        window reads "<Document>: word", as a document of that text would), unless what
+        follows the space would not start a grapheme of its own."""
         p = self.position(k)
-        if 0 < p < len(self.text) - 1 and self.text[p] == " " and not self.text[p + 1].isspace():
+        if 0 < p < len(self.text) - 1 and self.text[p] == " " and self._opens_word(p + 1):
             return p + 1
         return p
 
+    def _opens_word(self, p: int) -> bool:
+        return bool(self.graphemes[p]) and not self.text[p].isspace()
+
     def rank(self, k: int) -> int:
         """How good a cut before token ``k`` is: 3 a word starts there (or after the one
-        space there), 2 it splits no grapheme, 1 it splits no character (only a run of marks
-        longer than a window needs that), 0 it splits a character (byte pieces of one share
-        its offsets): never."""
+        space there), 2 it is a grapheme boundary, 1 it splits a grapheme between two of
+        its characters, 0 it splits a character (byte pieces of one share its offsets)."""
         p = self.position(k)
         if not 0 < p < len(self.text) or self.starts[k - 1] >= p:
             return 0
-        before, after = self.text[p - 1], self.text[p]
-        if not _clean(before, after):
+        if not self.graphemes[p]:
             return 1
-        if before.isspace() and not after.isspace():
+        before, after = self.text[p - 1], self.text[p]
+        if before.isspace() and self._opens_word(p):
             return 3  # e.g. after a newline
         # " word": the window leaves the space out (window_start) and starts at the word
-        following = self.text[p + 1] if p + 1 < len(self.text) else " "
-        return 3 if after == " " and not before.isspace() and not following.isspace() else 2
+        if after == " " and not before.isspace() and p + 1 < len(self.text):
+            return 3 if self._opens_word(p + 1) else 2
+        return 2
 
     def before(self, k: int, floor: int, lookback: int, least: int) -> int | None:
         """The best cut in ``(floor, k]`` of rank ``least`` or more: a word start within
@@ -204,38 +224,39 @@ class _Cuts:
         return next((j for j in candidates if self.rank(j) >= least), None)
 
     def after(self, k: int, ceiling: int) -> int | None:
-        """The nearest cut in ``(k, ceiling)`` that splits no grapheme, or None."""
+        """The nearest grapheme boundary in ``(k, ceiling)``, or None."""
         return next((j for j in range(k + 1, ceiling) if self.rank(j) >= 2), None)
 
 
-def _clean(before: str, after: str) -> bool:
-    """A cut between ``before`` and ``after`` leaves both graphemes whole (conservative)."""
-    if before == "\r" and after == "\n":
-        return False
-    if before == _ZWJ or _joins_previous(after):
-        return False
-    return not (_regional(before) and _regional(after))
+def grapheme_boundaries(text: str) -> bytearray:
+    """``b[p]`` is 1 where an extended grapheme cluster starts (and at ``len(text)``).
+
+    Between two ASCII characters there is always a boundary but in CR LF, and no ASCII
+    character joins a non-ASCII one before it, so ``regex``'s ``\\X`` runs only over the
+    non-ASCII stretches (with one character of context each side, for a prefix like U+0600
+    joining the digit after it). ``\\X`` takes time quadratic in a run of regional indicators
+    (100k characters of flags: 30 s), so they are matched as a letter, which breaks from its
+    neighbours exactly as a regional indicator does except from another one, and the pairs of
+    each run (GB12, GB13: counted from the run's start) are joined here.
+    """
+    n = len(text)
+    marks = bytearray(b"\x01") * (n + 1)
+    for crlf in _CRLF.finditer(text):
+        marks[crlf.start() + 1] = 0
+    for stretch in _NON_ASCII.finditer(text):
+        a, b = max(stretch.start() - 1, 0), min(stretch.end() + 1, n)
+        marks[a + 1 : b] = bytes(b - a - 1)
+        for m in _GRAPHEME.finditer(text[a:b].translate(_REGIONAL_AS_LETTER)):
+            if m.start():  # the character before the stretch keeps its own mark
+                marks[a + m.start()] = 1
+    for run in _REGIONAL_RUN.finditer(text):
+        pairs = range(run.start() + 1, run.end(), 2)
+        marks[pairs.start : pairs.stop : 2] = bytes(len(pairs))
+    return marks
 
 
-_ZWJ = "\u200d"
-
-
-def _joins_previous(ch: str) -> bool:
-    """Characters that attach to the one before them: marks, joiners, variation selectors,
-    emoji modifiers and tags, conjoining Hangul vowels and trailing consonants."""
-    cp = ord(ch)
-    return (
-        unicodedata.combining(ch) != 0
-        or unicodedata.category(ch)[0] == "M"
-        or ch in "\u200c\u200d"
-        or 0xFE00 <= cp <= 0xFE0F
-        or 0xE0100 <= cp <= 0xE01EF
-        or 0x1F3FB <= cp <= 0x1F3FF
-        or 0xE0020 <= cp <= 0xE007F
-        or 0x1160 <= cp <= 0x11FF
-        or 0xD7B0 <= cp <= 0xD7FF
-    )
-
-
-def _regional(ch: str) -> bool:
-    return 0x1F1E6 <= ord(ch) <= 0x1F1FF
+_GRAPHEME = regex.compile(r"\X", regex.V1)
+_CRLF = regex.compile("\r\n")
+_NON_ASCII = regex.compile("[^\x00-\x7f]+")
+_REGIONAL_RUN = regex.compile("[\U0001f1e6-\U0001f1ff]{2,}")
+_REGIONAL_AS_LETTER = {cp: "A" for cp in range(0x1F1E6, 0x1F200)}
