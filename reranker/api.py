@@ -19,7 +19,13 @@ import numpy as np
 import torch
 
 from .config import Limits, Settings
-from .loading.loader import ModelLoadError, engine_for, load_encoder, load_engine
+from .loading.loader import (
+    ModelLoadError,
+    engine_for,
+    in_passing_thread,
+    load_encoder,
+    load_engine,
+)
 from .loading.placement import Placement, resolve_placement
 from .model.engine import Engine
 from .request.prepare import PreparedRequest, RerankRequest, prepare
@@ -86,10 +92,12 @@ class Reranker:
     ) -> Reranker:
         """One replica per device of ``placement``, sharing one tokenizer and one scheduler."""
         encoder = load_encoder(source, revision)
-        engines = [
-            load_engine(source, device, placement.dtype, encoder, settings, revision)
-            for device in placement.devices
-        ]
+        engines = in_passing_thread(
+            lambda: [
+                load_engine(source, device, placement.dtype, encoder, settings, revision)
+                for device in placement.devices
+            ]
+        )
         admission = Admission.from_settings(settings)
         return cls(engines, encoder, limits=settings.limits, admission=admission, source=source)
 

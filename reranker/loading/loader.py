@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
@@ -13,6 +16,7 @@ from ..model.scorer import QwenScorer
 from ..text.tokenization import PromptEncoder
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ModelLoadError(RuntimeError):
@@ -34,6 +38,32 @@ def load_encoder(source: str, revision: str | None = None) -> PromptEncoder:
             f"cannot load the tokenizer from {source}: {_first_line(exc)}"
         ) from exc
     return PromptEncoder(tokenizer)
+
+
+def in_passing_thread(fn: Callable[[], T]) -> T:
+    """``fn()``, run on a thread that ends with it (its exception re-raised here).
+
+    Torch's CPU ops run on an OpenMP team that libgomp keeps per calling thread; between
+    parallel regions its threads spin, then sleep on a futex. Loading on the caller's thread
+    (reading weights, fusion, the attention self-check) would leave that thread a team for
+    good, beside the replica worker's team that runs every pass, and the two wake each other:
+    on 2 cores, rag-20 passes took 1.3x as long with 25x the context switches
+    (bench/latency.py). A team made on a thread that ends goes with it.
+    """
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="reranker-load", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["value"]  # type: ignore[return-value]
 
 
 def load_engine(
