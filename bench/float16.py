@@ -4,7 +4,7 @@
     uv run python bench/float16.py --smoke    # seconds: one drift model, cost on the tiny one
 
 Drift: max and mean |score - float32 recipe score|, Spearman and top-3 overlap (the columns of
-``python -m reranker.drift``) on the tiny models of tests/test_float16.py
+``python -m tools.drift``) on the tiny models of tests/test_float16.py
 (an ordinary one, three whose residual stream passes 65,504, one whose value projection does),
 for float16 with the recipe's rounding (``native``; the safe mode re-scores what overflows),
 float16 with a float32 residual (the default) and bfloat16. Cost: seconds for the standard
@@ -32,12 +32,14 @@ import workloads  # noqa: E402
 from run import build_model, ours  # noqa: E402
 
 from devtools.offline import build_tokenizer  # noqa: E402
-from reranker import Settings, drift  # noqa: E402
+from reranker import Settings  # noqa: E402
 from reranker.text.tokenization import PromptEncoder  # noqa: E402
+from tools.drift import metrics as drift_metrics  # noqa: E402
+from tools.drift import report as drift_report  # noqa: E402
 
 
 def drift_table(tokenizer, smoke: bool = False) -> None:
-    """The columns of ``python -m reranker.drift`` (its metric functions and table), against
+    """The columns of ``python -m tools.drift`` (its metric functions and table), against
     the model card's code in float32; top-3 overlap, as there are six documents."""
     shapes = {"ordinary": None, **cases.SHAPES, "value_overflow": cases.value_overflow}
     if smoke:
@@ -46,7 +48,7 @@ def drift_table(tokenizer, smoke: bool = False) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, shape in shapes.items():
             path = cases.save_model(Path(tmp) / name, tokenizer, shape)
-            want = drift.Scored(cases.recipe_scores(path))
+            want = drift_metrics.Scored(cases.recipe_scores(path))
             for dtype, numerics in (
                 ("float16", "native"),
                 ("float16", "auto"),
@@ -54,11 +56,11 @@ def drift_table(tokenizer, smoke: bool = False) -> None:
             ):
                 r = cases.load(path, dtype, numerics=numerics)
                 started = time.perf_counter()
-                got = drift.Scored(r.score(cases.QUERY, cases.DOCS))
+                got = drift_metrics.Scored(r.score(cases.QUERY, cases.DOCS))
                 rows.append(
-                    drift.summarize(
+                    drift_metrics.summarize(
                         f"{name}: {dtype} {r.engine.scorer.numerics.name}",
-                        [drift.request_drift(want, got, k=3)],
+                        [drift_metrics.request_drift(want, got, k=3)],
                         k=3,
                         dtype=dtype,
                         seconds=time.perf_counter() - started,
@@ -67,7 +69,7 @@ def drift_table(tokenizer, smoke: bool = False) -> None:
                 )
                 print(f"# {rows[-1].mode}: done", flush=True)
     print("# reference: the model card's code in float32 (tests/reference.py)")
-    print(drift.format_table(rows), flush=True)
+    print(drift_report.format_table(rows), flush=True)
 
 
 def cost(tokenizer, smoke: bool = False) -> None:

@@ -42,12 +42,15 @@ import workloads  # noqa: E402
 from reference import Recipe, format_instruction  # noqa: E402
 
 from devtools.offline import CPU_SCALE, QWEN3_8B, build_tokenizer, qwen3_config  # noqa: E402
-from reranker import Reranker, RerankRequest, Settings, drift  # noqa: E402
+from reranker import Reranker, RerankRequest, Settings  # noqa: E402
 from reranker.loading.loader import engine_for  # noqa: E402
 from reranker.model.attention import VarlenAttention, _self_check, find_varlen_kernels  # noqa: E402
 from reranker.model.scorer import QwenScorer  # noqa: E402
 from reranker.runtime.scheduler import Scheduler  # noqa: E402
 from reranker.text.tokenization import PromptEncoder  # noqa: E402
+from tools.drift import compare as drift_compare  # noqa: E402
+from tools.drift import metrics as drift_metrics  # noqa: E402
+from tools.drift import report as drift_report  # noqa: E402
 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense fp16/bf16
 
@@ -349,9 +352,9 @@ def section(name: str, report: dict, out: str | None):
         (Path(out) / "results.json").write_text(data)
 
 
-def drift_rows(model, encoder, w: workloads.Workload, device: str) -> list[drift.DriftRow]:
+def drift_rows(model, encoder, w: workloads.Workload, device: str) -> list[drift_metrics.DriftRow]:
     """float16 and bfloat16 against float32 on the same random weights, with the metrics and
-    columns of ``python -m reranker.drift`` (the command users run on real weights).
+    columns of ``python -m tools.drift`` (the command users run on real weights).
 
     The model is converted in place, float32 first: float16 -> float32 is exact, so the float16
     and float32 rows share their weights on GPU; bfloat16 rounds them. Leaves it in bfloat16.
@@ -368,7 +371,7 @@ def drift_rows(model, encoder, w: workloads.Workload, device: str) -> list[drift
     for dtype in ("float32", "float16", "bfloat16"):
         model.to(getattr(torch, dtype))
         r = ours(model, encoder, Settings())
-        (out,), seconds, _ = timed(device, lambda r=r: drift.score_requests(r, [request]))
+        (out,), seconds, _ = timed(device, lambda r=r: drift_compare.score_requests(r, [request]))
         scored[dtype] = out, seconds
         del r
         gc.collect()
@@ -376,9 +379,9 @@ def drift_rows(model, encoder, w: workloads.Workload, device: str) -> list[drift
             torch.cuda.empty_cache()
     reference = scored["float32"][0]
     return [
-        drift.summarize(
+        drift_metrics.summarize(
             f"{dtype} (reference)" if dtype == "float32" else dtype,
-            [drift.request_drift(reference, out, k=10)],
+            [drift_metrics.request_drift(reference, out, k=10)],
             k=10,
             dtype=dtype,
             seconds=seconds,
@@ -552,8 +555,8 @@ def main() -> int:
             del rr, recipe, eager
             rows_vs_float32 = drift_rows(model, encoder, work[0], device)  # model now bfloat16
             print(f"# drift against float32, {work[0].name} workload:")
-            print(drift.format_table(rows_vs_float32), flush=True)
-            report["drift_vs_float32"] = [drift.row_dict(r) for r in rows_vs_float32]
+            print(drift_report.format_table(rows_vs_float32), flush=True)
+            report["drift_vs_float32"] = [drift_report.row_dict(r) for r in rows_vs_float32]
             if device == "cuda":
                 rb = ours(model, encoder, Settings())
                 for w in work:

@@ -11,8 +11,11 @@ one line, the names left of it; tests/test_layout.py holds the rule):
     runtime/ | loading/  admission -> the queue -> passes on the replicas' workers |
                          devices, weights, replicas
     api, service         the library (Reranker) and the serving side (RerankService)
-    serve/, cli/, drift   front ends and tools: the HTTP rerank API, the rerank command
-                         (whose `rerank serve` starts the former), the float16 drift check
+    serve/, cli/         front ends: the HTTP rerank API, the rerank command (whose
+                         `rerank serve` starts the former)
+
+Commands built on the package (tools/, e.g. the drift check `python -m tools.drift`) live
+outside it: nothing here imports them.
 
 Names are imported lazily so that ``rerank --help`` and argument errors do not wait for torch.
 """

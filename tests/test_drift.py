@@ -1,4 +1,4 @@
-"""reranker.drift: the metrics against hand-computed and independently computed values, the
+"""tools.drift: the metrics against hand-computed and independently computed values, the
 requests file's errors, and the command end to end on the tiny model (CPU)."""
 
 from __future__ import annotations
@@ -13,28 +13,23 @@ import pytest
 
 from reranker import Settings
 from reranker.config import Limits
-from reranker.drift import (
-    MODES,
+from tools.drift.command import main
+from tools.drift.compare import compare
+from tools.drift.metrics import (
     DriftRow,
-    Mode,
     RequestDrift,
     Scored,
     average_ranks,
-    compare,
-    device_problem,
-    format_table,
-    main,
     max_abs_diff,
     mean_abs_diff,
-    mode_settings,
-    parse_modes,
-    read_requests,
     request_drift,
-    row_dict,
     spearman,
     summarize,
     top_k_overlap,
 )
+from tools.drift.modes import MODES, Mode, device_problem, mode_settings, parse_modes
+from tools.drift.report import format_table, row_dict
+from tools.drift.requests import read_requests
 
 # -- metrics: hand-computed values -----------------------------------------------------------
 

@@ -20,8 +20,12 @@ LAYERS = [
     {"service"},
     {"serve"},
     {"cli"},
-    {"drift", "__main__"},
+    {"__main__"},
 ]
+
+# Top-level packages of this project that sit beside reranker/ and build on it: the runtime
+# never imports them (tools/__init__.py).
+OUTSIDE = {"tools"}
 
 
 def module_name(path: Path) -> str:
@@ -111,7 +115,7 @@ def test_the_math_layers_know_nothing_of_serving():
     """model, runtime, text and the request path never import the serving or deployment
     modules, directly or through another module."""
     graph = import_graph()
-    serving = {"service", "api", "loading", "cli", "serve", "drift"}
+    serving = {"service", "api", "loading", "cli", "serve"}
     for low in [m for m in graph if m.split(".")[0] in {"model", "runtime", "text", "request"}]:
         seen, todo = set(), [low]
         while todo:
@@ -119,3 +123,37 @@ def test_the_math_layers_know_nothing_of_serving():
                 seen.add(d)
                 todo.append(d)
         assert not {d.split(".")[0] for d in seen} & serving, (low, seen)
+
+
+def outside_imports(path: Path) -> list[str]:
+    """The imports in ``path`` that reach a package of OUTSIDE: ``import tools.drift``,
+    ``from tools.drift import x``, ``from tools import drift``, and
+    ``importlib.import_module("tools...")`` / ``__import__("tools...")`` with a literal name."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if called in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                names = [node.args[0].value]
+        found += [
+            f"{path.relative_to(PACKAGE)}:{node.lineno} {n}"
+            for n in names
+            if n.split(".")[0] in OUTSIDE
+        ]
+    return found
+
+
+def test_the_runtime_never_imports_the_tools():
+    """No module under reranker/ imports tools/ (commands built on the package, such as
+    ``python -m tools.drift``), whichever way it is spelled. Faults seen failing: ``from
+    tools.drift.command import main`` inside cli/main.py's main (a `rerank drift`);
+    ``importlib.import_module("tools.drift")`` in serve/app.py."""
+    bad = [hit for path in sorted(PACKAGE.rglob("*.py")) for hit in outside_imports(path)]
+    assert not bad, bad
+    assert (PACKAGE.parent / "tools" / "__init__.py").is_file()  # the rule guards a real package

@@ -52,7 +52,7 @@ def run_as_written(command: str, cwd: Path) -> subprocess.CompletedProcess:
 # README commands that no test can run here (no network, no Docker, no GPU), and why.
 NOT_RUN_HERE = {
     "uv run rerank --model Qwen/": "downloads the 16 GB checkpoint",
-    "uv run python -m reranker.drift --model Qwen/": "needs the 16 GB checkpoint",
+    "uv run python -m tools.drift --model Qwen/": "needs the 16 GB checkpoint",
     "uv run pytest": "the test suite itself",
     "cog ": "needs Docker and the Cog CLI",
     "sudo curl -o /usr/local/bin/cog ": "installs the Cog CLI, which needs Docker",
@@ -107,7 +107,7 @@ def workdir(tmp_path_factory):
     """A fresh folder laid out like the project root, where the README's first offline
     command has made `tiny-model`."""
     folder = tmp_path_factory.mktemp("readme")
-    for name in ("examples", "predict.py", "reranker", "cog.yaml"):
+    for name in ("examples", "predict.py", "reranker", "tools", "cog.yaml"):
         (folder / name).symlink_to(ROOT / name)
     make = [c for c in readme_commands() if is_tiny_model_command(c) and "devtools.offline" in c]
     assert make, "the README shows how to make the tiny model"
@@ -136,7 +136,7 @@ def test_drift_command_as_written(workdir):
     per mode after the float32 reference, for every request of examples/requests.jsonl.
 
     Fault seen failing: examples/requests.jsonl with "document" for "documents" on one line."""
-    (command,) = [c for c in readme_commands() if c.startswith("uv run python -m reranker.drift")
+    (command,) = [c for c in readme_commands() if c.startswith("uv run python -m tools.drift")
                   and is_tiny_model_command(c)]  # fmt: skip
     proc = run_as_written(command, workdir)
     assert proc.returncode == 0, proc.stderr

@@ -624,6 +624,7 @@ def test_build_context_is_what_the_image_needs():
         "tests/test_api.py",
         "tests/envs/langchain/.venv/bin/python",
         "devtools/offline.py",
+        "tools/drift/command.py",
         "bench/out/load.json",
         "bench/results/cpu.md",
         ".whl/torch.whl",

@@ -30,7 +30,7 @@ BOM = "\ufeff"
 
 
 def label(path: str, option: str = "--documents") -> str:
-    """How messages name the source: the option that gave it (``reranker.drift`` reads its
+    """How messages name the source: the option that gave it (``tools.drift`` reads its
     ``--requests`` file with these functions too) and the path."""
     return f"{option} - (stdin)" if path == "-" else f"{option} {path}"
 

@@ -2,7 +2,8 @@
 
 :class:`RerankOptions` names each option once, with its default, its bounds and a line of
 help. ``RerankRequest.build`` checks them here, the library's ``score/rank/predict`` take them
-as keywords, and the CLI and drift generate their flags from them (:func:`add_arguments`).
+as keywords, and the CLI and tools/drift generate their flags from them
+(:func:`add_arguments`).
 predict.py must restate them as literals, because Cog reads its defaults statically; a test
 keeps those literals equal to these (a field's ``cog_default`` where Replicate's default
 differs from the library's).

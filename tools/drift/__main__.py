@@ -1,0 +1,7 @@
+"""``python -m tools.drift``."""
+
+import sys
+
+from .command import main
+
+sys.exit(main())
