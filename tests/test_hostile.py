@@ -128,7 +128,7 @@ def test_wrong_types_are_value_errors(reranker, prompt_tokens, value):
 @pytest.fixture(scope="module")
 def prompt_tokens(recipe):
     """Tokens of the model card's prompt for query "q" and document "d" (the recipe's count)."""
-    from reference import format_instruction
+    from devtools.reference import format_instruction
 
     (ids,) = recipe.input_ids([format_instruction(None, "q", "d")])
     return len(ids)
