@@ -53,6 +53,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from load import mismatch, tiny_model  # noqa: E402
 
+from devtools import procstat  # noqa: E402
 from devtools.hostile import CONTROL, UNICODE, rejected_cases  # noqa: E402
 from devtools.localserver import LocalCogServer, free_port  # noqa: E402
 from reranker import Reranker, Settings  # noqa: E402
@@ -133,41 +134,6 @@ def solo(reranker: Reranker, spec: dict) -> dict:
 # -- the process tree -------------------------------------------------------------------------
 
 
-def process_tree(root: int) -> list[int]:
-    """``root`` and its descendants, from /proc/*/stat (the worker is coglet's child)."""
-    children = defaultdict(list)
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children[ppid].append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
-def process_stats(pid: int) -> dict | None:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-        fds = len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return None
-    values = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    if "VmRSS" not in values:  # a zombie: exited, not yet reaped
-        return None
-    return {
-        "rss_mb": int(values["VmRSS"].split()[0]) / 1024,
-        "threads": int(values["Threads"]),
-        "fds": fds,
-    }
-
-
 class Sampler(threading.Thread):
     """Every ``interval`` s: the server tree's RSS, fds, threads and health-check latency."""
 
@@ -181,8 +147,10 @@ class Sampler(threading.Thread):
         self.processes = 0  # how many live processes a healthy server has (set at the start)
 
     def sample(self) -> dict:
-        per_pid = {pid: process_stats(pid) for pid in process_tree(self.server.process.pid)}
-        per_pid = {pid: s for pid, s in per_pid.items() if s}
+        per_pid = {
+            pid: {"rss_mb": s["rss_kib"] / 1024, "threads": s["threads"], "fds": s["fds"]}
+            for pid, s in procstat.sample(self.server.process.pid).items()
+        }
         row = {"t": round(time.monotonic() - self.t0, 2), "processes": len(per_pid)}
         row["root"] = self.server.process.pid
         for key in ("rss_mb", "fds", "threads"):
