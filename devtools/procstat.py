@@ -5,6 +5,8 @@ memory, threads and open file descriptors. Linux only."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 
@@ -48,3 +50,44 @@ def sample(root: int, fds: bool = True) -> dict[int, dict]:
     """``process_stats`` of every live process of ``root``'s tree, by pid."""
     stats = {pid: process_stats(pid, fds) for pid in process_tree(root)}
     return {pid: s for pid, s in stats.items() if s}
+
+
+class TreeSampler(threading.Thread):
+    """Every ``interval`` s, a row: the RSS (MB), fds and threads of ``server``'s process tree
+    (summed and per process) and its health-check latency. ``dead`` is set once the server,
+    or one of the ``processes`` a healthy tree has (set from the first row), is gone."""
+
+    def __init__(self, server, interval: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self.server, self.interval = server, interval
+        self.samples: list[dict] = []
+        self.t0 = time.monotonic()
+        self.halt = threading.Event()
+        self.dead = threading.Event()
+        self.processes = 0
+
+    def sample(self) -> dict:
+        per_pid = {
+            pid: {"rss_mb": s["rss_kib"] / 1024, "threads": s["threads"], "fds": s["fds"]}
+            for pid, s in sample(self.server.process.pid).items()
+        }
+        row = {"t": round(time.monotonic() - self.t0, 2), "processes": len(per_pid)}
+        row["root"] = self.server.process.pid
+        for key in ("rss_mb", "fds", "threads"):
+            row[key] = round(sum(s[key] for s in per_pid.values()), 1)
+        row["per_process"] = {str(pid): s for pid, s in per_pid.items()}
+        started = time.perf_counter()
+        try:
+            row["health"] = self.server.health().get("status")
+        except (OSError, ValueError) as exc:
+            row["health"] = f"error: {exc}"
+        row["health_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        row["alive"] = self.server.alive and len(per_pid) >= self.processes
+        if not row["alive"]:
+            self.dead.set()
+        return row
+
+    def run(self) -> None:
+        while not self.halt.is_set() and not self.dead.is_set():
+            self.samples.append(self.sample())
+            self.halt.wait(self.interval)
