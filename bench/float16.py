@@ -68,7 +68,7 @@ def drift_table(tokenizer, smoke: bool = False) -> None:
                     )
                 )
                 print(f"# {rows[-1].mode}: done", flush=True)
-    print("# reference: the model card's code in float32 (tests/reference.py)")
+    print("# reference: the model card's code in float32 (devtools/reference.py)")
     print(drift_report.format_table(rows), flush=True)
 
 

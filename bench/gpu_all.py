@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quantization", default="none", help=argparse.SUPPRESS)
     p.add_argument("--eager", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(BENCH)]
+    sys.path[:0] = [str(ROOT), str(BENCH)]
     if args.device is None:
         import torch
 

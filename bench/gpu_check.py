@@ -31,12 +31,11 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from reference import Recipe  # noqa: E402
+sys.path.insert(0, str(ROOT))
 
 from devtools.localserver import LocalCogServer  # noqa: E402
 from devtools.offline import QUARTER_8B, build_tokenizer, save_random_model  # noqa: E402
+from devtools.reference import Recipe  # noqa: E402
 from reranker import Reranker, Settings  # noqa: E402
 
 QUERY = "What are the health benefits of green tea?"

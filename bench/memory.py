@@ -43,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from devtools import localserver  # noqa: E402
+from devtools import localserver, procstat  # noqa: E402
 from devtools.localserver import LocalCogServer  # noqa: E402
 from devtools.offline import save_random_model  # noqa: E402
 
@@ -60,27 +60,7 @@ WORDS = ["the", "of", "tea", "green", "river", "model", "rank", "token", "query"
 
 def rss_tree_kib(root: int) -> dict[int, int]:
     """VmRSS (KiB) of ``root`` and every descendant, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = {}, [root]
-    while todo:
-        pid = todo.pop()
-        todo += children.get(pid, [])
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    out[pid] = int(line.split()[1])
-        except OSError:
-            pass
-    return out
+    return {pid: s["rss_kib"] for pid, s in procstat.sample(root, fds=False).items()}
 
 
 class Sampler(threading.Thread):

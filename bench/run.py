@@ -36,12 +36,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import workloads  # noqa: E402
-from reference import Recipe, format_instruction  # noqa: E402
 
 from devtools.offline import CPU_SCALE, QWEN3_8B, build_tokenizer, qwen3_config  # noqa: E402
+from devtools.reference import Recipe, format_instruction  # noqa: E402
 from reranker import Reranker, RerankRequest, Settings  # noqa: E402
 from reranker.loading.loader import engine_for  # noqa: E402
 from reranker.model.attention import VarlenAttention, _self_check, find_varlen_kernels  # noqa: E402

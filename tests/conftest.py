@@ -61,6 +61,6 @@ def reranker(model_dir):
 
 @pytest.fixture(scope="session")
 def recipe(model_dir):
-    from reference import Recipe
+    from devtools.reference import Recipe
 
     return Recipe(model_dir)

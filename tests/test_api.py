@@ -279,9 +279,9 @@ def test_show_progress_bar_draws_on_stderr_and_changes_nothing(reranker, capsys)
 
 def test_each_result_says_its_tokens_and_whether_it_was_truncated(reranker, recipe):
     """`tokens` is the length of the recipe's own prompt for that document (counted by the
-    model card's tokenizer call, tests/reference.py), `truncated` whether max_length cut it.
+    model card's tokenizer call, devtools/reference.py), `truncated` whether max_length cut it.
     Fault seen failing: tokens without the shared prefix (document ids only)."""
-    from reference import format_instruction
+    from devtools.reference import format_instruction
 
     docs = ["short one", "word " * 300, "", "short one", "another short document"]
     result = reranker.rank(QUERY, docs, max_length=120, top_k=0)

@@ -149,7 +149,7 @@ def outlier_dirs(tmp_path_factory, tokenizer):
 
 @functools.cache
 def recipe_scores(path) -> list[float]:
-    from reference import Recipe
+    from devtools.reference import Recipe
 
     return Recipe(path).score(QUERY, DOCS)
 

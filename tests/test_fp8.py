@@ -115,7 +115,7 @@ def outlier_dir(tmp_path_factory, tokenizer):
 
 @functools.cache
 def recipe_scores(path) -> list[float]:
-    from reference import Recipe
+    from devtools.reference import Recipe
 
     return Recipe(path).score(QUERY, DOCS)
 
@@ -184,8 +184,9 @@ def w8a8_recipe_scores(path, dtype=torch.float32) -> list[float]:
     """The model card's code in float32 on the weights as loaded in ``dtype``, with the
     linears W8A8 (reference_w8a8) except the last layer's output projection and MLP: what the
     FP8 engine should compute."""
-    from reference import Recipe
     from transformers import AutoTokenizer
+
+    from devtools.reference import Recipe
 
     model = hf_model(path, dtype).float()
     last = len(model.model.layers) - 1

@@ -7,15 +7,15 @@ import json
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 
+from devtools.hostile import GOOD, JSON, fuzz_cases, rejected_cases
 from devtools.localserver import LocalCogServer
 
 CLIENTS = 4
 TIME_LIMIT_S = 180
-GOOD = {"query": "capital of France?", "documents": ["Paris is the capital.", "Bananas.", ""]}
-JSON = {"Content-Type": "application/json"}
 
 
 INT64_MAX = 2**63 - 1
@@ -78,76 +78,19 @@ def input_verdict(inputs: dict) -> str:
     return "either" if "either" in verdicts else "accept"
 
 
-def bodies(rng: random.Random) -> list[tuple[str, bytes, dict, str]]:
-    """(label, raw body, headers, verdict) for every hostile request."""
-    raw = [
-        ("truncated json", b'{"input": {"query": "q", "documents": ["a"', JSON),
-        ("not json", b"hello", JSON),
-        ("invalid utf-8", b'{"input": {"query": "\xff\xfe", "documents": ["a"]}}', JSON),
-        ("json null", b"null", JSON),
-        ("json array", b"[1, 2, 3]", JSON),
-        ("input null", b'{"input": null}', JSON),
-        ("input string", b'{"input": "query"}', JSON),
-        ("empty object", b"{}", JSON),
-        ("no content type", json.dumps({"input": GOOD}).encode(), {}),
-        ("text/plain", json.dumps({"input": GOOD}).encode(), {"Content-Type": "text/plain"}),
-        (
-            "deep nesting",
-            b'{"input": {"query": "q", "documents": ' + b"[" * 5000 + b"]" * 5000 + b"}}",
-            JSON,
-        ),
-        (
-            "lone surrogate escape",
-            b'{"input": {"query": "\\ud800", "documents": ["\\udfff"]}}',
-            JSON,
-        ),
-    ]
-    inputs = [
-        ("query int", {"query": 1, "documents": ["a"]}),
-        ("query list", {"query": ["q"], "documents": ["a"]}),
-        ("query object", {"query": {"a": {"b": [1]}}, "documents": ["a"]}),
-        ("query null", {"query": None, "documents": ["a"]}),
-        ("query huge", {"query": "q" * 200_000, "documents": ["a"]}),
-        ("documents string", {"query": "q", "documents": "a, b"}),
-        ("documents null", {"query": "q", "documents": None}),
-        ("documents object", {"query": "q", "documents": {"0": "a"}}),
-        ("documents nested", {"query": "q", "documents": [["a", ["b"]]]}),
-        ("documents mixed", {"query": "q", "documents": ["a", 1, None, True, {}, 2.5]}),
-        ("documents empty", {"query": "q", "documents": []}),
-        ("documents too many", {"query": "q", "documents": ["x"] * 10_001}),
-        ("document too long", {"query": "q", "documents": ["x" * 1_000_001]}),
-        ("large body", {"query": "q", "documents": ["y" * 900_000] * 12}),
-        ("top_k negative", {**GOOD, "top_k": -1}),
-        ("top_k string", {**GOOD, "top_k": "3"}),
-        ("top_k float", {**GOOD, "top_k": 2.5}),
-        ("top_k huge", {**GOOD, "top_k": 2**70}),
-        ("top_k null", {**GOOD, "top_k": None}),
-        ("batch_size zero", {**GOOD, "batch_size": 0}),
-        ("batch_size huge", {**GOOD, "batch_size": 10**12}),
-        ("max_length too big", {**GOOD, "max_length": 10**9}),
-        ("max_length tiny", {**GOOD, "max_length": 5}),
-        ("max_length string", {**GOOD, "max_length": "8192"}),
-        ("return_documents string", {**GOOD, "return_documents": "false"}),
-        ("instruction object", {**GOOD, "instruction": {"x": 1}}),
-        ("instruction null", {**GOOD, "instruction": None}),
-        ("unknown field", {**GOOD, "temperature": 0.7}),
-        (
-            "control tokens",
-            {"query": "<|im_end|>", "documents": ["<think>yes</think>", "\x00\x07"]},
-        ),
-    ]
-    for i in range(30):  # random junk values in random fields
-        field = rng.choice(
-            ["query", "documents", "top_k", "batch_size", "max_length", "instruction"]
-        )
-        value = rng.choice([None, 0, -1, 1.5, "", "x", [], {}, [None], True, "\u0000" * 50, 2**40])
-        inputs.append((f"random {i}", {**GOOD, field: value}))
-    # a lone surrogate escape is valid JSON that some parsers refuse: either answer is fine
-    out = [(*r, "either" if r[0] == "lone surrogate escape" else "reject") for r in raw]
-    out += [
-        (label, json.dumps({"input": value}).encode(), JSON, input_verdict(value))
-        for label, value in inputs
-    ]
+def bodies(rng: random.Random, limits) -> list[tuple[str, bytes, dict, str]]:
+    """(label, raw body, headers, verdict) for every hostile request of devtools.hostile: the
+    fuzz cases, then the soak's rejected cases (labelled with the field they name)."""
+    cases = fuzz_cases(rng)
+    cases += [replace(c, name=f"{c.name} [{c.field}]") for c in rejected_cases(limits)]
+    out = []
+    for c in cases:
+        if c.raw is None:
+            verdict = input_verdict(c.inputs)
+        else:  # a lone surrogate escape is valid JSON that some parsers refuse: either is fine
+            verdict = "either" if c.name == "lone surrogate escape" else "reject"
+        out.append((c.name, c.body(), c.headers, verdict))
+    assert len({label for label, *_ in out}) == len(out)
     return out
 
 
@@ -159,7 +102,7 @@ def server(model_dir):
 
 def test_fuzz_and_soak(server, reranker):
     rng = random.Random(0)
-    hostile = bodies(rng)
+    hostile = bodies(rng, reranker.limits)
     verdicts = {label: verdict for label, _, _, verdict in hostile}
     assert verdicts["documents too many"] == "reject" and verdicts["control tokens"] == "accept"
     good = ("good", json.dumps({"input": GOOD}).encode(), JSON)

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from devtools.hostile import documents, long_runs, text
 from devtools.localserver import LocalCogServer, ServerError
 from devtools.offline import save_random_model
 from reranker import Settings
@@ -19,36 +20,6 @@ from reranker.model.scorer import NonFiniteError
 from reranker.service import RerankService
 
 ARGUMENTS = ("query", "documents", "instruction", "top_k", "batch_size", "max_length")
-
-# Text that breaks naive pipelines: NUL and control characters, astral planes, combining
-# marks, lone surrogates, control-token spellings, whitespace of every kind, long runs.
-nasty_chars = st.characters(codec=None, exclude_categories=())
-specials = st.sampled_from(
-    [
-        "<|im_end|>",
-        "<|im_start|>",
-        "<think>",
-        "</think>",
-        "<|endoftext|>",
-        "\x00",
-        "\u0301",
-        "\ud800",
-        "\U0001f600",
-        "\u202e",
-        "\r\n",
-        "\t",
-        " ",
-        "yes",
-        "no",
-        "\ufeff",
-    ]
-)
-pieces = st.one_of(st.text(nasty_chars, max_size=30), specials)
-text = st.lists(pieces, max_size=6).map("".join)
-long_runs = st.builds(lambda c, n: c * n, st.one_of(specials, st.characters()), st.integers(1, 600))
-documents = st.lists(st.one_of(text, long_runs), min_size=0, max_size=7).flatmap(
-    lambda docs: st.just(docs + docs[:2])  # duplicates
-)
 
 
 def check_ranking(reranker, query, docs, instruction, top_k, max_length):
@@ -128,7 +99,7 @@ def test_wrong_types_are_value_errors(reranker, prompt_tokens, value):
 @pytest.fixture(scope="module")
 def prompt_tokens(recipe):
     """Tokens of the model card's prompt for query "q" and document "d" (the recipe's count)."""
-    from reference import format_instruction
+    from devtools.reference import format_instruction
 
     (ids,) = recipe.input_ids([format_instruction(None, "q", "d")])
     return len(ids)

@@ -7,10 +7,10 @@ import weakref
 
 import pytest
 import torch
-from reference import Recipe
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from devtools.offline import save_random_model
+from devtools.reference import Recipe
 from reranker import Reranker, Settings
 from reranker.model.packing import Segment, pack
 from reranker.model.scorer import QwenScorer

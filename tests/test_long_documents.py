@@ -1,6 +1,6 @@
 """long_documents="chunk": a long document scored whole, as windows; its best window counts.
 
-Every window is checked against the model card's code (tests/reference.py) as a document of
+Every window is checked against the model card's code (devtools/reference.py) as a document of
 the window's own text: same token ids, same score. The needle test puts one strongly scoring
 sentence deep in a long distractor document: chunking finds its window, truncation cannot.
 """
@@ -16,9 +16,9 @@ import unicodedata
 import pytest
 import regex
 import torch
-from reference import format_instruction
 
 from devtools.offline import save_random_model
+from devtools.reference import format_instruction
 from reranker import Reranker, Settings
 
 QUERY = "What is the capital of China?"

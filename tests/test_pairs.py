@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reference import Recipe
 
+from devtools.reference import Recipe
 from reranker import Settings
 from reranker.runtime.admission import AdmissionTimeout, request_chars
 

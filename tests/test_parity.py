@@ -1,10 +1,10 @@
-"""Scores and token ids equal the model card's recipe (tests/reference.py)."""
+"""Scores and token ids equal the model card's recipe (devtools/reference.py)."""
 
 from __future__ import annotations
 
 import pytest
-from reference import Recipe, format_instruction
 
+from devtools.reference import Recipe, format_instruction
 from reranker import Reranker, Settings
 from reranker.text.prompt import DEFAULT_INSTRUCTION, format_body
 

@@ -539,7 +539,7 @@ def test_health_is_ready(server):
 
 
 def hostile_requests():
-    from test_hostile import documents, long_runs, text
+    from devtools.hostile import documents, long_runs, text
 
     return st.fixed_dictionaries(
         {

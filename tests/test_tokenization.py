@@ -7,11 +7,11 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import Recipe
 from tokenizers import Tokenizer
 from transformers import Qwen2Tokenizer
 
 from devtools.offline import ADDED_TOKENS, FIRST_ADDED_ID
+from devtools.reference import Recipe
 from reranker.text.prompt import DEFAULT_INSTRUCTION, SUFFIX, format_body, format_head, format_tail
 from reranker.text.tokenization import PromptEncoder, TokenizerError
 

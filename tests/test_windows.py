@@ -1,6 +1,6 @@
 """Which windows long_documents="chunk" plans (reranker/text/windows.py), checked against
 oracles that share none of its code: the ``regex`` module's ``\\X`` for grapheme boundaries,
-the tokenizer's own offsets for token boundaries, the model card's code (tests/reference.py)
+the tokenizer's own offsets for token boundaries, the model card's code (devtools/reference.py)
 for each window's ids, and the truncate mode for the score a chunked document must reach.
 
 The invariants, on the examples issue #29 reported and on generated text (words, CJK, flags,
@@ -33,8 +33,8 @@ import pytest
 import regex
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from reference import format_instruction
 
+from devtools.reference import format_instruction
 from reranker.config import DEFAULT_CHUNK_OVERLAP
 from reranker.text.windows import grapheme_boundaries
 
