@@ -1,4 +1,5 @@
-"""The README's offline commands work as written (with `uv run` being this environment)."""
+"""The offline commands of the README, docs/ and CONTRIBUTING.md work as written (with `uv run`
+being this environment); the others are listed with the reason no test can run them."""
 
 from __future__ import annotations
 
@@ -19,11 +20,20 @@ from devtools.localserver import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+# The pages whose ```bash blocks are commands a reader runs: each line is run by a test here
+# (or in tests/test_serve_clients.py) or listed in NOT_RUN_HERE with the reason.
+PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
 BIN = Path(sys.executable).parent
 
 
+def page(name: str) -> str:
+    """The text of one page, by its path from the repository root (``docs/usage.md``)."""
+    return (ROOT / name).read_text()
+
+
 def readme_commands() -> list[str]:
-    blocks = re.findall(r"```bash\n(.*?)```", README, re.S)
+    """Every command line of every page's ```bash blocks, in page order."""
+    blocks = [b for p in PAGES for b in re.findall(r"```bash\n(.*?)```", p.read_text(), re.S)]
     return [line for block in blocks for line in block.splitlines() if line.strip()]
 
 
@@ -49,8 +59,11 @@ def run_as_written(command: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-# README commands that no test can run here (no network, no Docker, no GPU), and why.
+# Commands of the pages that no test can run here (no network, no Docker, no GPU), and why.
 NOT_RUN_HERE = {
+    "uv sync": "installs the environment the tests run in",
+    "uv run ruff check . && uv run ruff format --check .": "the lint, which .ci/run runs",
+    "uv run python bench/gpu_all.py --smoke": "tests/test_bench_smoke.py runs every --smoke",
     "uv run rerank --model Qwen/": "downloads the 16 GB checkpoint",
     "uv run python -m tools.drift --model Qwen/": "needs the 16 GB checkpoint",
     "uv run pytest": "the test suite itself",
@@ -99,7 +112,7 @@ def test_every_readme_command_is_run_by_a_test_or_explained():
         run = is_tiny_model_command(command) or is_help_command(command)
         run = run or is_local_server_command(command) or is_serve_command(command)
         explained = any(command.startswith(prefix) for prefix in NOT_RUN_HERE)
-        assert run != explained, f"README command neither tested nor explained: {command!r}"
+        assert run != explained, f"command neither tested nor explained: {command!r}"
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +145,9 @@ def test_quick_start_offline_commands(workdir):
 
 
 def test_drift_command_as_written(workdir):
-    """The tiny-model line of "Check drift on your own data" runs as written and prints one row
-    per mode after the float32 reference, for every request of examples/requests.jsonl.
+    """The tiny-model line of "Check drift on your own data" (docs/scoring.md) runs as written
+    and prints one row per mode after the float32 reference, for every request of
+    examples/requests.jsonl.
 
     Fault seen failing: examples/requests.jsonl with "document" for "documents" on one line."""
     (command,) = [c for c in readme_commands() if c.startswith("uv run python -m tools.drift")
@@ -176,7 +190,7 @@ def test_configuration_table_lists_every_setting():
 
     from reranker.config import Settings
 
-    documented = set(re.findall(r"\| `(RERANKER_[A-Z_]+)` \|", README))
+    documented = set(re.findall(r"\| `(RERANKER_[A-Z_]+)` \|", page("docs/configuration.md")))
     assert {f"RERANKER_{f.name.upper()}" for f in fields(Settings)} == documented
 
 
@@ -186,8 +200,8 @@ def local_curl_input() -> dict:
 
 
 def test_local_cog_server_and_curl_commands_as_written(workdir):
-    """ "Running without Docker": the server command and both curl lines, word for word (the
-    port alone is swapped for a free one, in all three alike)."""
+    """docs/usage.md's "The local Cog server": the server command and both curl lines, word for
+    word (the port alone is swapped for a free one, in all three alike)."""
     assert shutil.which("curl"), "the README's commands need curl (.ci/run installs it)"
     commands = [c for c in readme_commands() if is_local_server_command(c)]
     (server,) = [c for c in commands if "cog.server.http" in c]
