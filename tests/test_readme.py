@@ -108,6 +108,10 @@ def is_serve_command(command: str) -> bool:
 
 
 def test_every_readme_command_is_run_by_a_test_or_explained():
+    """Every ```bash line of README.md, CONTRIBUTING.md and docs/*.md is run by a test or listed
+    in NOT_RUN_HERE with its reason, never both.
+
+    Fault seen failing: docs/usage.md with a second command line `uv run rerank serve --help`."""
     for command in readme_commands():
         run = is_tiny_model_command(command) or is_help_command(command)
         run = run or is_local_server_command(command) or is_serve_command(command)
@@ -252,3 +256,74 @@ def test_local_cog_server_and_curl_commands_as_written(workdir):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=20)
+
+
+# -- links ------------------------------------------------------------------------------------
+
+LINKED_PAGES = [*PAGES, ROOT / "CHANGELOG.md"]
+
+
+def prose(text: str) -> str:
+    """``text`` without fenced code blocks and with each code span reduced to ``code``."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    return re.sub(r"`[^`\n]*`", "code", text)
+
+
+def github_slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation but ``-`` and ``_`` dropped,
+    spaces to ``-``: ``Concurrency: serving many callers`` -> ``concurrency-serving-many-callers``.
+    """
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip().lower())
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    """Every heading's anchor in a markdown page (a repeated slug gets -1, -2, ... as on GitHub)."""
+    seen: dict[str, int] = {}
+    found = set()
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M)
+    for heading in re.findall(r"^#{1,6} (.+)$", text, re.M):
+        slug = github_slug(heading)
+        found.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+        seen[slug] = seen.get(slug, 0) + 1
+    return found
+
+
+def relative_links(path: Path) -> list[str]:
+    targets = re.findall(r"\]\(([^)\s]+)\)", prose(path.read_text()))
+    return [t for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:", t)]
+
+
+def broken_links(path: Path) -> list[str]:
+    broken = []
+    for target in relative_links(path):
+        file, _, anchor = target.partition("#")
+        dest = (path.parent / file).resolve() if file else path
+        if not dest.exists():
+            broken.append(f"{target} (no such file)")
+        elif anchor and (dest.suffix != ".md" or anchor not in anchors(dest)):
+            broken.append(f"{target} (no such heading)")
+    return broken
+
+
+def test_github_slugs():
+    assert github_slug("Concurrency: serving many callers") == "concurrency-serving-many-callers"
+    assert github_slug("FP8 (experimental)") == "fp8-experimental"
+    assert github_slug("Settings of `rerank serve`") == "settings-of-rerank-serve"
+    assert github_slug("HTTP overhead: rerank serve and the Cog server") == (
+        "http-overhead-rerank-serve-and-the-cog-server"
+    )
+
+
+@pytest.mark.parametrize("path", LINKED_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_resolves(path):
+    """Every relative link of the README, docs/, CONTRIBUTING.md and CHANGELOG.md names a file
+    that exists, and its #anchor a heading of that page.
+
+    Fault seen failing: docs/usage.md linking to ``long-documents.md#chunking`` (no such
+    heading), and README.md to ``docs/usage.mdx`` (no such file)."""
+    assert path.exists()
+    assert relative_links(path) or path.name == "CHANGELOG.md", "a page that links nowhere"
+    broken = broken_links(path)
+    assert not broken, f"{path.relative_to(ROOT)}: {broken}"
