@@ -307,6 +307,11 @@ def broken_links(path: Path) -> list[str]:
     return broken
 
 
+def test_readme_is_a_front_page():
+    """At most 250 lines and 1,500 words (issue #30): the rest lives in docs/."""
+    assert len(README.splitlines()) <= 250 and len(README.split()) <= 1500
+
+
 def test_github_slugs():
     assert github_slug("Concurrency: serving many callers") == "concurrency-serving-many-callers"
     assert github_slug("FP8 (experimental)") == "fp8-experimental"
