@@ -1,4 +1,4 @@
-"""Every GPU figure the README quotes, in one command that fits 8 minutes on one H100.
+"""Every GPU figure docs/performance.md quotes, in one command that fits 8 minutes on one H100.
 
     sh bench/gpu_prepare.sh                 # here: wheels, tokenizer, commit stamp (.gpu/, .whl/)
     python3 bench/gpu_all.py --out DIR      # on the GPU machine (device README: carry .gpu, .whl)
@@ -15,7 +15,7 @@ figures again as JSON in ``DIR/gpu-all.json``:
    float32 residual, torch.compile, flash varlen, warm-up): setup seconds split into load,
    fusion, attention self-check, compile (first pass) and warm-up; whether compile held (a
    failure is logged with its reason and the engine runs eagerly); tokens/s and MFU on the
-   standard workload (bench/workloads.py, the README's table); rag-20 and rag-100 latency
+   standard workload (bench/workloads.py, docs/performance.md's table); rag-20 and rag-100 latency
    p50/p95 (one request at a time, warm); peak device memory. Then the same checkpoint loaded
    with ``compile=False``: the standard workload eager.
 3. ``check``: bench/gpu_check.py (a quarter-width model: parity of float32, float16, bfloat16
@@ -296,7 +296,7 @@ def header(args) -> dict:
 
 
 def summary(results: dict) -> list[str]:
-    """The figures the README quotes, one per line, with the issue's goals beside them (not
+    """The figures docs/performance.md quotes, one per line, with the issue's goals beside them (not
     judged in a ``--smoke`` run: a tiny model on CPU measures nothing)."""
     lines = []
     for name in ("float16", "fp8", "bfloat16"):

@@ -47,7 +47,7 @@ from devtools import localserver, procstat  # noqa: E402
 from devtools.localserver import LocalCogServer  # noqa: E402
 from devtools.offline import save_random_model  # noqa: E402
 
-# The documented limits (README "Configuration"), divided by --scale.
+# The documented limits (docs/configuration.md), divided by --scale.
 LIMITS = {
     "MAX_DOCUMENTS": 10_000,
     "MAX_DOCUMENT_CHARS": 1_000_000,

@@ -131,7 +131,7 @@ def test_top_k(reranker, top_k, expected):
 
 def test_saturated_scores_rank_by_logit():
     """Logits above ~37 all give score 1.0 in float64; the order still follows the logit
-    (the README: "Ranking sorts by logit, which keeps documents apart where score rounds to
+    (docs/scoring.md: "Ranking sorts by logit, which keeps documents apart where score rounds to
     1.0"). Ties in the logit itself keep input order."""
     logits = [38.5, 45.25, 40.0, -50.0, 45.25, 37.0]
     assert [sigmoid(x) for x in logits[:3]] == [1.0, 1.0, 1.0]  # saturated, as claimed

@@ -26,9 +26,10 @@ def _is_int(value) -> bool:
 
 
 def input_verdict(inputs: dict) -> str:
-    """What the README's input reference and limits allow, written out independently of the
-    code: "accept", "reject", or "either" (nulls for optional fields and unknown fields:
-    accepted by a local server, 422 with a `cog build` schema; integers beyond int64)."""
+    """What the input reference (README.md) and limits (docs/configuration.md) allow, written out
+    independently of the code: "accept", "reject", or "either" (nulls for optional fields and
+    unknown fields: accepted by a local server, 422 with a `cog build` schema; integers beyond
+    int64)."""
 
     def text(value, limit, allow_empty=False):
         if not isinstance(value, str) or len(value) > limit:

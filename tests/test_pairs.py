@@ -1,4 +1,4 @@
-"""The pair API (``Reranker.predict``) and the README's CrossEncoder / LangChain examples."""
+"""The pair API (``Reranker.predict``) and docs/usage.md's CrossEncoder / LangChain examples."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from devtools.reference import Recipe
 from reranker import Settings
 from reranker.runtime.admission import AdmissionTimeout, request_chars
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+USAGE = (Path(__file__).resolve().parent.parent / "docs" / "usage.md").read_text()
 
 PAIRS = [
     ("capital of France?", "Paris is the capital of France."),
@@ -113,7 +113,7 @@ def test_all_groups_are_admitted_together_under_the_in_flight_bounds(reranker):
 
 
 def readme_examples() -> list[str]:
-    return re.findall(r"<!-- tested: tests/test_pairs.py -->\n```python\n(.*?)```", README, re.S)
+    return re.findall(r"<!-- tested: tests/test_pairs.py -->\n```python\n(.*?)```", USAGE, re.S)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The README's offline commands work as written (with `uv run` being this environment)."""
+"""The offline commands of the README, docs/ and CONTRIBUTING.md work as written (with `uv run`
+being this environment); the others are listed with the reason no test can run them."""
 
 from __future__ import annotations
 
@@ -19,11 +20,20 @@ from devtools.localserver import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+# The pages whose ```bash blocks are commands a reader runs: each line is run by a test here
+# (or in tests/test_serve_clients.py) or listed in NOT_RUN_HERE with the reason.
+PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
 BIN = Path(sys.executable).parent
 
 
+def page(name: str) -> str:
+    """The text of one page, by its path from the repository root (``docs/usage.md``)."""
+    return (ROOT / name).read_text()
+
+
 def readme_commands() -> list[str]:
-    blocks = re.findall(r"```bash\n(.*?)```", README, re.S)
+    """Every command line of every page's ```bash blocks, in page order."""
+    blocks = [b for p in PAGES for b in re.findall(r"```bash\n(.*?)```", p.read_text(), re.S)]
     return [line for block in blocks for line in block.splitlines() if line.strip()]
 
 
@@ -49,8 +59,11 @@ def run_as_written(command: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-# README commands that no test can run here (no network, no Docker, no GPU), and why.
+# Commands of the pages that no test can run here (no network, no Docker, no GPU), and why.
 NOT_RUN_HERE = {
+    "uv sync": "installs the environment the tests run in",
+    "uv run ruff check . && uv run ruff format --check .": "the lint, which .ci/run runs",
+    "uv run python bench/gpu_all.py --smoke": "tests/test_bench_smoke.py runs every --smoke",
     "uv run rerank --model Qwen/": "downloads the 16 GB checkpoint",
     "uv run python -m tools.drift --model Qwen/": "needs the 16 GB checkpoint",
     "uv run pytest": "the test suite itself",
@@ -95,11 +108,15 @@ def is_serve_command(command: str) -> bool:
 
 
 def test_every_readme_command_is_run_by_a_test_or_explained():
+    """Every ```bash line of README.md, CONTRIBUTING.md and docs/*.md is run by a test or listed
+    in NOT_RUN_HERE with its reason, never both.
+
+    Fault seen failing: docs/usage.md with a second command line `uv run rerank serve --help`."""
     for command in readme_commands():
         run = is_tiny_model_command(command) or is_help_command(command)
         run = run or is_local_server_command(command) or is_serve_command(command)
         explained = any(command.startswith(prefix) for prefix in NOT_RUN_HERE)
-        assert run != explained, f"README command neither tested nor explained: {command!r}"
+        assert run != explained, f"command neither tested nor explained: {command!r}"
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +149,9 @@ def test_quick_start_offline_commands(workdir):
 
 
 def test_drift_command_as_written(workdir):
-    """The tiny-model line of "Check drift on your own data" runs as written and prints one row
-    per mode after the float32 reference, for every request of examples/requests.jsonl.
+    """The tiny-model line of "Check drift on your own data" (docs/scoring.md) runs as written
+    and prints one row per mode after the float32 reference, for every request of
+    examples/requests.jsonl.
 
     Fault seen failing: examples/requests.jsonl with "document" for "documents" on one line."""
     (command,) = [c for c in readme_commands() if c.startswith("uv run python -m tools.drift")
@@ -176,7 +194,7 @@ def test_configuration_table_lists_every_setting():
 
     from reranker.config import Settings
 
-    documented = set(re.findall(r"\| `(RERANKER_[A-Z_]+)` \|", README))
+    documented = set(re.findall(r"\| `(RERANKER_[A-Z_]+)` \|", page("docs/configuration.md")))
     assert {f"RERANKER_{f.name.upper()}" for f in fields(Settings)} == documented
 
 
@@ -186,8 +204,8 @@ def local_curl_input() -> dict:
 
 
 def test_local_cog_server_and_curl_commands_as_written(workdir):
-    """ "Running without Docker": the server command and both curl lines, word for word (the
-    port alone is swapped for a free one, in all three alike)."""
+    """docs/usage.md's "The local Cog server": the server command and both curl lines, word for
+    word (the port alone is swapped for a free one, in all three alike)."""
     assert shutil.which("curl"), "the README's commands need curl (.ci/run installs it)"
     commands = [c for c in readme_commands() if is_local_server_command(c)]
     (server,) = [c for c in commands if "cog.server.http" in c]
@@ -238,3 +256,79 @@ def test_local_cog_server_and_curl_commands_as_written(workdir):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=20)
+
+
+# -- links ------------------------------------------------------------------------------------
+
+LINKED_PAGES = [*PAGES, ROOT / "CHANGELOG.md"]
+
+
+def prose(text: str) -> str:
+    """``text`` without fenced code blocks and with each code span reduced to ``code``."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    return re.sub(r"`[^`\n]*`", "code", text)
+
+
+def github_slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation but ``-`` and ``_`` dropped,
+    spaces to ``-``: ``Concurrency: serving many callers`` -> ``concurrency-serving-many-callers``.
+    """
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip().lower())
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    """Every heading's anchor in a markdown page (a repeated slug gets -1, -2, ... as on GitHub)."""
+    seen: dict[str, int] = {}
+    found = set()
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M)
+    for heading in re.findall(r"^#{1,6} (.+)$", text, re.M):
+        slug = github_slug(heading)
+        found.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+        seen[slug] = seen.get(slug, 0) + 1
+    return found
+
+
+def relative_links(path: Path) -> list[str]:
+    targets = re.findall(r"\]\(([^)\s]+)\)", prose(path.read_text()))
+    return [t for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:", t)]
+
+
+def broken_links(path: Path) -> list[str]:
+    broken = []
+    for target in relative_links(path):
+        file, _, anchor = target.partition("#")
+        dest = (path.parent / file).resolve() if file else path
+        if not dest.exists():
+            broken.append(f"{target} (no such file)")
+        elif anchor and (dest.suffix != ".md" or anchor not in anchors(dest)):
+            broken.append(f"{target} (no such heading)")
+    return broken
+
+
+def test_readme_is_a_front_page():
+    """At most 250 lines and 1,500 words (issue #30): the rest lives in docs/."""
+    assert len(README.splitlines()) <= 250 and len(README.split()) <= 1500
+
+
+def test_github_slugs():
+    assert github_slug("Concurrency: serving many callers") == "concurrency-serving-many-callers"
+    assert github_slug("FP8 (experimental)") == "fp8-experimental"
+    assert github_slug("Settings of `rerank serve`") == "settings-of-rerank-serve"
+    assert github_slug("HTTP overhead: rerank serve and the Cog server") == (
+        "http-overhead-rerank-serve-and-the-cog-server"
+    )
+
+
+@pytest.mark.parametrize("path", LINKED_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_resolves(path):
+    """Every relative link of the README, docs/, CONTRIBUTING.md and CHANGELOG.md names a file
+    that exists, and its #anchor a heading of that page.
+
+    Fault seen failing: docs/usage.md linking to ``long-documents.md#chunking`` (no such
+    heading), and README.md to ``docs/usage.mdx`` (no such file)."""
+    assert path.exists()
+    assert relative_links(path) or path.name == "CHANGELOG.md", "a page that links nowhere"
+    broken = broken_links(path)
+    assert not broken, f"{path.relative_to(ROOT)}: {broken}"

@@ -318,13 +318,17 @@ def test_dify_jina_request(server, scores, order, model):
     assert body["model"] == model
 
 
-# -- README's "Self-hosting with standard clients", as written -------------------------------------
+# -- docs/usage.md's "Self-hosting with standard clients", as written -----------------------------
 
 
 def readme_section() -> str:
-    from test_readme import README
+    from test_readme import page
 
-    return README.split("## Self-hosting with standard clients", 1)[1].split("\n## ", 1)[0]
+    return (
+        page("docs/usage.md")
+        .split("## Self-hosting with standard clients", 1)[1]
+        .split("\n## ", 1)[0]
+    )
 
 
 def test_readme_self_hosting_as_written(model_dir, tmp_path, langchain_python):
@@ -390,7 +394,7 @@ def test_readme_self_hosting_as_written(model_dir, tmp_path, langchain_python):
                 assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr[-2000:]
                 continue
             scope: dict = {}
-            exec(compile(code, "README.md", "exec"), scope)
+            exec(compile(code, "docs/usage.md", "exec"), scope)
             assert len(scope["ranked"]) >= 1, code
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

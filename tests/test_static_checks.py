@@ -324,13 +324,21 @@ def test_concurrency_is_an_integer_literal_cog_reads(predict_module):
 
 
 def test_docs_state_the_concurrency_the_image_runs_with():
-    """Fault seen failing: the literal changed to 8 while the README says 16."""
+    """The README's deployment section and docs/operations.md's concurrency section state the
+    number the image runs with, and no page states another.
+
+    Fault seen failing: the literal changed to 8 while the README says 16."""
     source = predict_source()
     built = cog_concurrent_max(source, predict_function(ast.parse(source)))
-    readme = (ROOT / "README.md").read_text()
-    claims = re.findall(r"@concurrent\(max=(\d+)\)|COG_MAX_CONCURRENCY=(\d+)", readme)
-    deploy = readme.split("## Deploying to Replicate", 1)[1].split("\n## ", 1)[0]
-    assert f"COG_MAX_CONCURRENCY={built}" in deploy, "the deployment section states it"
+    pages = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+    text = "\n".join(p.read_text() for p in pages)
+    claims = re.findall(r"@concurrent\(max=(\d+)\)|COG_MAX_CONCURRENCY=(\d+)", text)
+    for name, heading in [
+        ("README.md", "## Deploying your own"),
+        ("docs/operations.md", "## Concurrency: serving many callers"),
+    ]:
+        section = (ROOT / name).read_text().split(heading, 1)[1].split("\n## ", 1)[0]
+        assert f"COG_MAX_CONCURRENCY={built}" in section, f"{name} {heading!r} states it"
     assert claims and {int(a or b) for a, b in claims} == {built}
 
 
