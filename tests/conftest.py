@@ -27,6 +27,16 @@ MODELS = {
 }
 
 
+# The slow tiers (pyproject.toml's markers): `uv run pytest -m "not slow"` leaves them out.
+SLOW = {"server", "subprocess", "fakecuda", "bench", "fuzz", "soak"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW & {mark.name for mark in item.iter_markers()}:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _clean_environment():
     """Tests see default settings, whatever RERANKER_* the developer's shell exports."""

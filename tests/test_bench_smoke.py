@@ -31,6 +31,8 @@ sys.path.insert(0, str(BENCH))
 
 import gpu_all  # noqa: E402
 
+pytestmark = pytest.mark.bench
+
 BOX = 150  # seconds for one script's smoke (each takes 8-35 s alone on 2 CPU cores)
 GPU_ALL_DEADLINE = 300  # gpu_all's own --deadline for all its stages (about 85 s alone)
 

@@ -11,6 +11,8 @@ import pytest
 
 from reranker.cli.documents_file import read_documents
 
+pytestmark = pytest.mark.subprocess
+
 QUERY = "capital of France"
 DOCS = ["Paris is the capital of France.", "Bananas.", "Lyon"]
 

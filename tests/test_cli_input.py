@@ -45,6 +45,7 @@ def test_a_byte_order_mark_is_ignored_in_a_file(tmp_path):
     assert load_documents(str(lines_file), "auto", None) == ["first", "second"]
 
 
+@pytest.mark.subprocess
 def test_a_byte_order_mark_is_ignored_on_stdin(model_dir):
     proc = run(
         ["--model", str(model_dir), "--query", "q", "--documents", "-", "--device", "cpu"],
@@ -180,6 +181,7 @@ def test_directories_pass_with_the_home_expanded(tmp_path, monkeypatch):
         model_argument("file")
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     "model", ["./no-such-model", "/no/such/model", "models/x/y", "tiny-model", "~/nope", "a--b/c"]
 )
@@ -197,6 +199,7 @@ def test_a_missing_model_path_says_so(model, tmp_path):
 # -- stdout ------------------------------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_a_non_utf8_stdout_gets_ascii_json(model_dir):
     docs = ["Café au lait", "北京是中国的首都。", "plain"]
     proc = run(

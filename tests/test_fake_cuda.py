@@ -63,6 +63,8 @@ from reranker.model.packing import Segment, pack
 from reranker.model.scorer import CompiledOrEager, attention_inputs, attention_output_and_mlp
 from reranker.text.tokenization import PromptEncoder
 
+pytestmark = pytest.mark.fakecuda
+
 H100 = (9, 0)
 H100_GIB = 80
 

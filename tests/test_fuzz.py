@@ -14,6 +14,8 @@ import pytest
 from devtools.hostile import GOOD, JSON, fuzz_cases, rejected_cases
 from devtools.localserver import LocalCogServer
 
+pytestmark = [pytest.mark.server, pytest.mark.fuzz]
+
 CLIENTS = 4
 TIME_LIMIT_S = 180
 

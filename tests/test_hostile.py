@@ -218,6 +218,7 @@ def broken_models(root, tokenizer):
     }
 
 
+@pytest.mark.server
 def test_setup_failures_are_one_clear_line(tmp_path, tokenizer):
     import torch
 

@@ -19,6 +19,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.subprocess
+
 SCRIPT = r"""
 import json, os, sys
 import torch

@@ -18,6 +18,8 @@ import pytest
 
 from devtools.localserver import free_port
 
+pytestmark = pytest.mark.subprocess
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 # The pages whose ```bash blocks are commands a reader runs: each line is run by a test here

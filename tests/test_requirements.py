@@ -75,6 +75,7 @@ def load_script():
     return module
 
 
+@pytest.mark.subprocess
 def test_requirements_txt_is_generated_from_the_lock():
     fresh = subprocess.run(
         [sys.executable, str(SCRIPT), "-o", "-"], capture_output=True, text=True, check=True

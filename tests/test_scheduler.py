@@ -566,6 +566,7 @@ def test_close_leaves_no_worker_thread_behind(reranker):
     assert bounded.scheduler.workers == []
 
 
+@pytest.mark.subprocess
 def test_a_script_that_never_calls_close_exits_promptly(model_dir, tmp_path):
     """Load, rank, exit, without close(): the interpreter exits (the workers and the loop
     thread are daemons, stopped at exit), with the ranking printed. Bounded by the

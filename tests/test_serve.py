@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 from devtools.apiserver import LocalRerankServer
 from reranker.serve import schemas
 
+pytestmark = pytest.mark.server
+
 KEY = "s3cret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 QUERY = "Which city is the capital of France?"

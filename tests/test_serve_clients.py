@@ -31,6 +31,8 @@ import pytest
 
 from devtools.apiserver import LocalRerankServer
 
+pytestmark = pytest.mark.server
+
 KEY = "client-key"
 QUERY = "Which city is the capital of France?"
 DOCS = [

@@ -22,6 +22,8 @@ import pytest
 from devtools.apiserver import LocalRerankServer
 from devtools.localserver import PROJECT_ROOT, free_port
 
+pytestmark = pytest.mark.server
+
 QUERY = "Which city is the capital of France?"
 DOCS = ["Paris is the capital of France.", "Bananas are yellow.", "Lyon is in France."]
 FATAL = "the GPU failed (CUDA error: an illegal memory access was encountered); "

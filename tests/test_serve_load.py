@@ -21,6 +21,8 @@ import pytest
 
 from devtools.apiserver import LocalRerankServer
 
+pytestmark = pytest.mark.server
+
 PASSES = "reranker_forward_pass_seconds_count"
 
 
@@ -104,6 +106,7 @@ SOAK_REQUESTS = 240
 SOAK_SECONDS = 120
 
 
+@pytest.mark.soak
 def test_soak_keeps_memory_bounded(server):
     """Good, bad and oversized requests from 4 clients, bounded in count and time: every
     answer is a 200 or the 4xx it should be, and resident memory stops growing once warm.

@@ -6,6 +6,8 @@ import pytest
 
 from devtools.localserver import LocalCogServer
 
+pytestmark = pytest.mark.server
+
 QUERY = "Which city is the capital of France?"
 DOCS = ["Paris is the capital of France.", "Bananas are yellow.", "Lyon is in France.", ""]
 

@@ -14,6 +14,8 @@ import pytest
 
 from devtools.localserver import LocalCogServer, free_port
 
+pytestmark = pytest.mark.server
+
 CLIENTS = 4
 REQUESTS_PER_CLIENT = 6
 

@@ -14,6 +14,8 @@ import pytest
 
 from devtools.localserver import PROJECT_ROOT, LocalCogServer
 
+pytestmark = pytest.mark.server
+
 QUERY = "Which city is the capital of France?"
 DOCS = ["Paris is the capital of France.", "Bananas are yellow.", "Lyon is in France."]
 FATAL_MESSAGE = "the GPU failed (CUDA error: an illegal memory access was encountered); "

@@ -25,6 +25,8 @@ import pytest
 
 from devtools.localserver import LocalCogServer
 
+pytestmark = pytest.mark.server
+
 QUERY = "Which city is the capital of France?"
 # ~1M tokens: several seconds on this CPU, so SIGTERM lands mid-request with time to spare.
 LONG_DOCS = [f"document {i} " * 40 for i in range(4000)]

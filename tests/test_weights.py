@@ -261,6 +261,7 @@ def test_hub_is_last_at_the_pinned_revision_and_cached(tmp_path, monkeypatch, mo
     assert got.source.startswith(f"hub {HUB_MODEL_ID}@")
 
 
+@pytest.mark.subprocess
 def test_download_weights_script_fails_clearly_offline(tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(
