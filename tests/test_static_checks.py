@@ -538,7 +538,7 @@ def test_sdk_version_matches_the_cog_used_in_tests():
 
 
 def test_pget_download_names_a_real_release_asset():
-    """replicate/pget .goreleaser.yaml (v0.10.2, archives.name_template):
+    """replicate/pget .goreleaser.yaml (v0.11.0, as in v0.10.2; archives.name_template):
     `{{ .ProjectName }}_{{ title .Os }}_x86_64` for linux/amd64, i.e. pget_Linux_x86_64.
 
     Fault seen failing: `pget_linux_x86_64` (a 404, so the build's curl fails).

@@ -78,8 +78,8 @@ def tarballs(served):
     return served
 
 
-# A stand-in for the pget the image installs (replicate/pget v0.10.2), keeping the parts of its
-# contract that download_tarball depends on, with its messages:
+# A stand-in for the pget the image installs (replicate/pget v0.11.0; this contract is unchanged
+# since v0.10.2), keeping the parts of it that download_tarball depends on, with its messages:
 # - `pget [flags] <url> <dest>`, exactly two arguments (cmd/root/root.go, validateArgs);
 # - an existing <dest> is refused unless -f/--force: "destination <dest> already exists"
 #   (pkg/cli/common.go, EnsureDestinationNotExist), printed by cobra as "Error: ...", exit 1;
