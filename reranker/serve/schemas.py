@@ -134,7 +134,7 @@ def _translate_tei(body: Mapping[str, Any], route: Route, limits: Limits) -> Cal
         request = RerankRequest.build(
             limits,
             query=_text("query", body.get("query")),
-            documents=_texts("documents", body.get("texts")),
+            documents=body.get("texts"),  # TEI's texts are strings: no {"text": ...} objects
             return_documents=flags.get("return_text", False),
         )
     except ValueError as exc:
