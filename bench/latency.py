@@ -103,7 +103,7 @@ def measure(mode: str, model: str, n: int) -> dict:
     return _timed(serve, requests)
 
 
-def row(mode: str, model: str, n: int) -> dict:
+def in_fresh_process(mode: str, model: str, n: int) -> dict:
     """One row in a fresh process (``--mode``)."""
     cmd = [sys.executable, __file__, "--mode", mode, "--model", model, "--requests", str(n)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -146,7 +146,8 @@ def main() -> int:
         from devtools.offline import save_random_model
 
         model = args.model or str(save_random_model(Path(tmp) / "tiny", initializer_range=0.3))
-        rows = {mode: (measure if args.smoke else row)(mode, model, n) for mode in MODES}
+        run = measure if args.smoke else in_fresh_process
+        rows = {mode: run(mode, model, n) for mode in MODES}
     cpu = platform.processor() or platform.machine()
     where = "all rows in one process (--smoke)" if args.smoke else "each row a fresh process"
     print(
