@@ -3,10 +3,11 @@
 libgomp keeps an OpenMP team (its own OS threads) per thread that ran a parallel region; an
 idle team spins, then sleeps on a futex. ``Reranker.load`` loads on a thread that ends
 (``in_passing_thread`` in reranker/loading/loader.py), so the worker's team is the only one
-left: had the caller's thread kept one, the two would wake each other on every op (on 2
-cores, rag-20 requests 1.3x slower with 25x the voluntary context switches:
-bench/latency.py). Shown here without a clock: after loading and ranking, the caller's first
-parallel region (one matmul) still has to make its team, so the process gains threads.
+left: had the caller's thread kept one, the two would wake each other on every op (on 2 CPU
+cores, rag-20 passes 44.9 ms instead of 37.7 ms, 175 voluntary context switches per request
+instead of 3: bench/results/latency-cpu-2026-12-07.txt). Shown here without a clock: after
+loading and ranking, the caller's first parallel region (one matmul) still has to make its
+team, so the process gains threads.
 
 Fault seen failing (2026-12-07): ``from_placement`` loading on the caller's thread (no
 ``in_passing_thread``): the matmul adds no thread.
