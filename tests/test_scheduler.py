@@ -83,6 +83,39 @@ def test_concurrent_requests_share_passes_and_match_solo_runs(service, reranker)
     assert all(e.passes > 0 for e in service.reranker.engines)  # both replicas took work
 
 
+def test_pass_observers_see_each_pass_once_and_never_fail_a_request(service, reranker, monkeypatch):
+    """What ``/metrics`` times passes with: one record per ``Engine.run`` (prefix builds are
+    not scored passes). Faults seen failing: an observer's exception reaching the requests of
+    the pass (no guard around the call); a record per request share of a pass."""
+    seen, runs = [], []
+
+    def broken(record):
+        raise RuntimeError("a metrics bug")
+
+    for engine in service.reranker.engines:
+        run = engine.run
+        monkeypatch.setattr(engine, "run", lambda items, run=run: runs.append(1) or run(items))
+    observers = service.reranker.scheduler.pass_observers
+    observers += [seen.append, broken]
+    specs = [
+        (QUERIES[i % 4], [f"{i}.{j} {d}" for j, d in enumerate(docs_for(i, 9))], None)
+        for i in range(4)
+    ]
+    try:
+        outputs = asyncio.run(gather_requests(service, specs))
+    finally:
+        del observers[-2:]
+    assert len(seen) == len(runs) >= 2
+    assert sum(r.documents for r in seen) == sum(len(docs) for _, docs, _ in specs)
+    assert {r.replica for r in seen} <= {0, 1}
+    assert all(r.seconds > 0 and r.tokens >= r.documents for r in seen)
+    for (query, docs, _), (result, _) in zip(specs, outputs, strict=True):
+        # float32 sums depend on what shares the pass: 1e-4, not assert_same_result's 1e-5
+        want = reranker.score(query, docs)
+        assert len(result.results) == len(docs)
+        assert all(abs(r.score - want[r.index]) <= 1e-4 for r in result.results)
+
+
 def test_metrics_and_usage(service, reranker):
     docs = [*docs_for(99, 12), "word " * 3000]
     result, metrics = asyncio.run(ask(service, query="q", documents=docs, say=lambda _: None))

@@ -13,6 +13,7 @@ ignored (test_max_tokens_per_doc...).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -35,7 +36,8 @@ DOCS = ["Paris is the capital of France.", "Bananas are yellow.", "Lyon is in Fr
 
 @pytest.fixture(scope="module")
 def server(model_dir):
-    with LocalRerankServer(model_dir, "--body-timeout", "3", env={"RERANKER_API_KEY": KEY}) as s:
+    flags = ("--body-timeout", "3", "--header-timeout", "2")
+    with LocalRerankServer(model_dir, *flags, env={"RERANKER_API_KEY": KEY}) as s:
         yield s
 
 
@@ -225,6 +227,15 @@ def test_tei_shape(server, reranker):
     )
     assert status == 400 and body["error"].startswith("truncation_direction must be Right")
     assert body["error_type"] == "validation"
+    # truncate false: a text longer than the window is a 413, as TEI answers (fault seen
+    # failing: truncate read and ignored, a 200 with the text cut)
+    long = ["short", "word " * 9000]
+    status, body = post(server, "/rerank", {"query": QUERY, "texts": long, "truncate": False})
+    assert status == 413 and body["error_type"] == "validation", body
+    assert body["error"].startswith("texts[1] is longer than the model's window (8,192 tokens")
+    for flags in ({}, {"truncate": True}):
+        status, body = post(server, "/rerank", {"query": QUERY, "texts": long, **flags})
+        assert status == 200 and len(body) == 2, body
     status, body = post(server, "/rerank", {"query": QUERY, "texts": ["a", 5]})
     assert (status, body) == (
         400,
@@ -465,6 +476,56 @@ def test_a_stalled_body_times_out_while_others_are_served(server):
         stalled.close()
         idle.close()
     assert server.request("GET", "/health")[0] == 200
+
+
+def test_slow_headers_and_idle_connections_are_closed_while_others_are_served(server):
+    """A client trickling its headers (slowloris) or connecting and sending nothing loses its
+    connection after --header-timeout (2 s here); so does a kept-alive connection that starts
+    its next request after an answer and then stalls. Faults seen failing: the stock uvicorn
+    protocol (all three held until the test's 12 s bound), the deadline not re-armed after a
+    response (the kept-alive one held)."""
+    socks = {name: socket.create_connection(("127.0.0.1", server.port)) for name in NAMES}
+    try:
+        started = time.monotonic()
+        socks["trickler"].sendall(b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\n")
+        body = json.dumps({"query": QUERY, "documents": DOCS}).encode()
+        socks["kept"].sendall(
+            b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (KEY.encode(), len(body), body)
+        )
+        for sock in socks.values():
+            sock.setblocking(False)
+        answer, closed_at = b"", {}
+        while len(closed_at) < len(NAMES) and time.monotonic() - started < 12:
+            with contextlib.suppress(OSError):  # one header line each 0.2 s
+                socks["trickler"].send(b"X-Slow-%d: y\r\n" % int(time.monotonic() * 1000))
+            for name, sock in socks.items():
+                try:
+                    data = b"" if name in closed_at else sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    closed_at.setdefault(name, time.monotonic() - started)
+                    continue
+                assert name == "kept", (name, data)
+                answer += data
+                if answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"}"):
+                    sock.send(b"POST /v1/rerank HTTP/1.1\r\n")  # the next request stalls
+                    answer = b"sent"
+        assert set(closed_at) == set(NAMES), closed_at
+        assert answer == b"sent"
+        assert all(1.5 < t < 8 for t in closed_at.values()), closed_at
+        assert post(server, "/v1/rerank", {"query": QUERY, "documents": DOCS})[0] == 200
+    finally:
+        for sock in socks.values():
+            sock.close()
+    assert server.request("GET", "/health")[0] == 200
+
+
+NAMES = ("trickler", "idle", "kept")
 
 
 # -- health, metrics, OpenAPI ------------------------------------------------------------------

@@ -143,8 +143,3 @@ class FifoGate:
 def _resolve(future: asyncio.Future) -> None:
     if not future.done():  # a cancelled waiter's future is done already
         future.set_result(None)
-
-
-def _resolve(future: asyncio.Future) -> None:
-    if not future.done():  # a cancelled waiter's future is done already
-        future.set_result(None)

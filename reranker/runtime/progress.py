@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .scheduler import RequestStats
+from .queued import RequestStats
 
 LOG_INTERVAL_S = 1.0  # at most one progress line per second per request
 

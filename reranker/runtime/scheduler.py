@@ -12,8 +12,11 @@ each replica holds at most ``Engine.max_prefix_tokens`` of them: a request whose
 not fit waits (arrival order, no overtaking) until earlier requests end; one larger than the
 whole bound runs when the replica holds none.
 
-Passes run only on the worker threads, one per replica, started on the first request and
-stopped by :meth:`Scheduler.close` (or at interpreter exit). Callers submit and await their
+This module is the queue and the pass filling. Passes run only on the replicas' worker threads
+(:mod:`reranker.runtime.workers`), started on the first request and stopped by
+:meth:`Scheduler.close` (or at interpreter exit); running a filled pass and charging a failure
+to its request is :mod:`reranker.runtime.passes`; per-request state is
+:mod:`reranker.runtime.queued`. Callers submit and await their
 logits (:meth:`Scheduler.logits`); the library's blocking calls are the same coroutine run on
 a loop thread (:mod:`reranker.runtime.loop`). A replica's cached-prefix room is a
 :class:`~reranker.gate.FifoGate`, the same rule admission applies to requests.
@@ -26,74 +29,34 @@ other requests are unaffected.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
-import functools
 import logging
 import math
 import threading
-import time
-import traceback
-import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Literal
 
 from ..model.batching import PassFill, length_order
-from ..model.engine import Engine, Item, PassResult
-from ..model.scorer import ContextKV, NonFiniteError
+from ..model.engine import Engine
+from ..model.scorer import NonFiniteError
 from ..text.tokenization import EncodedRequest
-from .gate import FifoGate, Ticket
+from . import passes, workers
+from .gate import FifoGate
+from .passes import PassObserver
+from .queued import (
+    OnCancel,
+    OnProgress,
+    Picks,
+    QueuedRequest,
+    RequestStats,
+    progress,
+    requests_of,
+)
+
+__all__ = ["OnCancel", "OnProgress", "PassObserver", "RequestStats", "Scheduler"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RequestStats:
-    """What one request cost so far; reported as progress and as Cog metrics."""
-
-    documents: int = 0  # distinct documents scored
-    tokens: int = 0  # prompt tokens scored (context included)
-    passes: int = 0
-    model_seconds: float = 0.0
-    rescored: int = 0  # documents re-scored with float32 activations after an overflow
-
-
-# on_progress(done, total, stats): after each pass that scored documents of the request.
-OnProgress = Callable[[int, int, RequestStats], None]
-# on_cancel(dropped, total): documents that left the queue unscored when the caller cancelled.
-OnCancel = Callable[[int, int], None]
-
-
-@dataclass(eq=False)
-class _Request:
-    """One request's documents in the queue. ``item`` and ``cost`` are the only places that
-    say what a document runs as and what it costs a pass."""
-
-    encoded: EncodedRequest  # of the unique documents
-    batch_size: int
-    reuse: list[bool]  # per document: continue the cached prefix
-    post: Callable[[tuple], None]  # hands an event to the waiting caller (thread-safe)
-    pending: deque[int]
-    logits: list[float | None]
-    remaining: int
-    contexts: dict[int, ContextKV] = field(default_factory=dict)  # replica -> prefix KV
-    room: dict[int, Ticket] = field(default_factory=dict)  # replica -> its prefix room
-    used: set[int] = field(default_factory=set)  # replicas that took documents of it
-    cancelled: bool = False
-    stats: RequestStats = field(default_factory=RequestStats)
-
-    def item(self, doc: int, replica: int) -> Item:
-        ids = self.encoded.documents[doc]
-        if self.reuse[doc]:
-            return Item(ids, self.contexts[replica])
-        return Item(self.encoded.context + ids)
-
-    def cost(self, doc: int) -> int:
-        """New tokens the document adds to a pass (its prefix too when not reused)."""
-        n = len(self.encoded.documents[doc])
-        return n if self.reuse[doc] else n + len(self.encoded.context)
 
 
 class Scheduler:
@@ -104,11 +67,13 @@ class Scheduler:
             raise ValueError("the scheduler needs at least one engine")
         self.engines = list(engines)
         self._cond = threading.Condition()
-        self._waiting: deque[_Request] = deque()  # requests with documents not yet taken
+        self._waiting: deque[QueuedRequest] = deque()  # requests with documents not yet taken
         # per replica: the cached prefixes it may hold (first come, first served)
         self._rooms = [FifoGate(e.max_prefix_tokens) for e in self.engines]
         self._threads: list[threading.Thread] = []
         self._closed = False
+        # called on the worker thread after each pass (``/metrics`` times passes here)
+        self.pass_observers: list[PassObserver] = []
         self._changes = 0  # bumped whenever work or room appears; idle workers wait for it
 
     # -- callers ---------------------------------------------------------------------------
@@ -149,7 +114,7 @@ class Scheduler:
 
             return post
 
-        reqs: list[_Request] = []
+        reqs: list[QueuedRequest] = []
         try:
             for i, e in enumerate(encoded):
                 reqs.append(self._submit(e, batch_size, poster(i)))
@@ -162,7 +127,7 @@ class Scheduler:
                 unfinished -= kind == "done"
                 done[i] = payload
                 if on_progress is not None:
-                    on_progress(*_progress(reqs, done))
+                    on_progress(*progress(reqs, done))
             return [(list(r.logits), r.stats) for r in reqs]  # type: ignore[misc]
         except asyncio.CancelledError:
             dropped = sum(self.cancel(r) for r in reqs)
@@ -174,7 +139,7 @@ class Scheduler:
                 self.cancel(r)
             raise
 
-    def cancel(self, req: _Request) -> int:
+    def cancel(self, req: QueuedRequest) -> int:
         """Drop the request's documents that no pass has taken yet; returns how many."""
         with self._cond:
             dropped = len(req.pending)
@@ -225,9 +190,9 @@ class Scheduler:
 
     def _submit(
         self, encoded: EncodedRequest, batch_size: int, post: Callable[[tuple], None]
-    ) -> _Request:
+    ) -> QueuedRequest:
         n = len(encoded.documents)
-        req = _Request(
+        req = QueuedRequest(
             encoded=encoded,
             batch_size=batch_size,
             reuse=self.engines[0].reuses_prefix(encoded),
@@ -240,32 +205,18 @@ class Scheduler:
             if self._closed:
                 raise RuntimeError("the reranker is shut down")
             if not self._threads:
-                self._start_workers()
+                self._threads = workers.start(self, self._serve, len(self.engines))
             self._waiting.append(req)
             self._changed()
         return req
 
     # -- the worker threads ----------------------------------------------------------------
 
-    def _start_workers(self) -> None:
-        """One daemon thread per replica (under the lock). A worker holds the scheduler only
-        weakly between waits, so a scheduler nobody closes is still collected (its workers
-        then end), and :func:`_close_all` stops the rest at interpreter exit."""
-        ref = weakref.ref(self)
-        self._threads = [
-            threading.Thread(target=_work, args=(ref, r), name=f"reranker-replica-{r}", daemon=True)
-            for r in range(len(self.engines))
-        ]
-        for t in self._threads:
-            t.start()
-        _open.add(self)
-        _close_at_exit()
-
     def _serve(self, replica: int) -> bool:
         """Wait for work and run one pass on ``replica``; False once the scheduler is closed."""
         with self._cond:
             if not self._waiting and not self._closed:
-                self._cond.wait(IDLE_WAKE_S)
+                self._cond.wait(workers.IDLE_WAKE_S)
             if self._closed:
                 return False
             if not self._waiting:
@@ -296,13 +247,13 @@ class Scheduler:
             self._run(engine, replica, picks)
         except BaseException as exc:  # a bug or an interrupt: answer every request in it
             log.exception("scheduler: unexpected failure on replica %d", replica)
-            for req in {id(r): r for r, _ in picks}.values():
+            for req in requests_of(picks):
                 req.post(("error", RuntimeError(f"internal error while scoring: {exc}")))
             if not isinstance(exc, Exception):
                 raise
         return "ran"
 
-    def _take(self, replica: int) -> list[tuple[_Request, int]]:
+    def _take(self, replica: int) -> Picks:
         """Fill one pass for ``replica`` round-robin from the waiting requests (called under
         the lock).
 
@@ -310,7 +261,7 @@ class Scheduler:
         request whose next document continues its cached prefix takes its turn only once the
         replica's room gate has granted it room (arrival order, no overtaking).
         """
-        picks: list[tuple[_Request, int]] = []
+        picks: Picks = []
         fill = PassFill(self.engines[replica].max_batch_tokens, 1 << 30)
         turns = deque(self._waiting)
         while turns:
@@ -331,7 +282,7 @@ class Scheduler:
                 self._leave_queue(req)
         return picks
 
-    def _room(self, req: _Request, replica: int) -> bool:
+    def _room(self, req: QueuedRequest, replica: int) -> bool:
         """Whether ``replica`` holds room for ``req``'s prefix (its ticket, taken the first
         time it asks, is granted: the gate's rule, "empty or it fits", in arrival order)."""
         ticket = req.room.get(replica)
@@ -339,7 +290,7 @@ class Scheduler:
             ticket = req.room[replica] = self._rooms[replica].enter(len(req.encoded.context))
         return ticket.granted
 
-    def _leave_queue(self, req: _Request) -> None:
+    def _leave_queue(self, req: QueuedRequest) -> None:
         """All of ``req``'s documents are taken (under the lock): room it holds or waits for
         on replicas that took none of them goes back, and idle replicas wake, since requests
         behind it may fit now."""
@@ -348,7 +299,7 @@ class Scheduler:
             self._rooms[replica].leave(req.room.pop(replica))
         self._changed()
 
-    def _release_prefix(self, req: _Request) -> None:
+    def _release_prefix(self, req: QueuedRequest) -> None:
         """Drop the request's cached prefixes and give back their room (under the lock)."""
         req.contexts.clear()
         for replica, ticket in req.room.items():
@@ -357,47 +308,38 @@ class Scheduler:
             req.room.clear()
             self._changed()
 
-    def _run(self, engine: Engine, replica: int, picks: list[tuple[_Request, int]]) -> None:
-        picks = [(r, d) for r, d in picks if not r.cancelled]
-        if not picks:
-            return
-        requests = list({id(r): r for r, _ in picks}.values())
-        started = time.perf_counter()
-        try:
-            items, result = self._pass(engine, replica, requests, picks)
-        except Exception as exc:
-            # The traceback's finished frames hold the pass's tensors (cached prefixes
-            # included) for as long as the caller keeps the exception: let them go now, as
-            # the room they took is given back below.
-            traceback.clear_frames(exc.__traceback__)
-            if len(requests) > 1:  # attribute the failure: rerun each request's share alone
-                for r in requests:
-                    self._run(engine, replica, [(q, d) for q, d in picks if q is r])
-                return
-            self.cancel(requests[0])
-            requests[0].post(("error", exc))
-            return
-        elapsed = time.perf_counter() - started
+    def _run(self, engine: Engine, replica: int, picks: Picks) -> None:
+        for share in passes.run(engine, replica, picks, self.pass_observers):
+            if isinstance(share, passes.Failed):
+                req = share.picks[0][0]
+                self.cancel(req)
+                req.post(("error", share.error))
+            else:
+                self._record(engine, share)
+
+    def _record(self, engine: Engine, ran: passes.Ran) -> None:
+        """Hand each request its logits from the pass, and finish those it completes. Under
+        the lock: a request served by several replicas at once is counted (and finished)
+        exactly once."""
+        requests = requests_of(ran.picks)
         done: dict[int, list[int]] = {}
         events = []
-        # Under the lock: a request served by several replicas at once is counted (and
-        # finished) exactly once.
         with self._cond:
             for r in requests:
                 if r.cancelled:  # cancelled during the pass: its room is already given back
                     r.contexts.clear()
-            for (r, d), value, item in zip(picks, result.logits, items, strict=True):
+            for (r, d), value, item in zip(ran.picks, ran.result.logits, ran.items, strict=True):
                 r.logits[d] = value
                 r.stats.tokens += item.num_tokens
                 done.setdefault(id(r), []).append(d)
-            for i in result.rescored:
-                picks[i][0].stats.rescored += 1
+            for i in ran.result.rescored:
+                ran.picks[i][0].stats.rescored += 1
             for r in requests:
                 docs = done[id(r)]
                 r.remaining -= len(docs)
                 r.stats.documents += len(docs)
                 r.stats.passes += 1
-                r.stats.model_seconds += elapsed
+                r.stats.model_seconds += ran.seconds
                 if not all(math.isfinite(r.logits[d]) for d in docs):  # type: ignore[arg-type]
                     self.cancel(r)
                     events.append((r, ("error", non_finite_error(engine))))
@@ -409,37 +351,6 @@ class Scheduler:
         for r, event in events:
             r.post(event)
 
-    @staticmethod
-    def _pass(
-        engine: Engine, replica: int, requests: list[_Request], picks: list[tuple[_Request, int]]
-    ) -> tuple[list[Item], PassResult]:
-        """Build the prefixes this replica lacks for ``picks``, then run the pass."""
-        missing = [
-            r
-            for r in requests
-            if replica not in r.contexts and any(r.reuse[d] for q, d in picks if q is r)
-        ]
-        if missing:
-            built = engine.contexts([r.encoded.context for r in missing])
-            for r, ctx in zip(missing, built, strict=True):
-                r.contexts[replica] = ctx
-        items = [r.item(d, replica) for r, d in picks]
-        return items, engine.run(items)
-
-
-def _progress(reqs: Sequence[_Request], done: Sequence[int]) -> tuple[int, int, RequestStats]:
-    """The arguments of ``on_progress`` over ``reqs``. ``done`` is counted when each event was
-    posted, not when it is handled: the workers run ahead of the caller, and a count read at
-    handling time would show the last pass's total on an earlier pass's event."""
-    total = sum(len(r.logits) for r in reqs)
-    if len(reqs) == 1:
-        return done[0], total, reqs[0].stats
-    stats = RequestStats()
-    for r in reqs:
-        for name, value in vars(r.stats).items():
-            setattr(stats, name, getattr(stats, name) + value)
-    return sum(done), total, stats
-
 
 def non_finite_error(engine: Engine) -> NonFiniteError:
     dtype = str(engine.scorer.dtype).removeprefix("torch.")
@@ -448,23 +359,3 @@ def non_finite_error(engine: Engine) -> NonFiniteError:
         f"the model produced non-finite values in {dtype}{also} (numeric overflow); "
         "load it in bfloat16 or float32"
     )
-
-
-# Seconds an idle worker waits before looking again whether its scheduler still exists.
-IDLE_WAKE_S = 5.0
-_open: weakref.WeakSet[Scheduler] = weakref.WeakSet()  # schedulers whose workers run
-
-
-def _work(ref: weakref.ref[Scheduler], replica: int) -> None:
-    """A replica's worker: serves passes until its scheduler is closed or collected."""
-    while True:
-        scheduler = ref()
-        if scheduler is None or not scheduler._serve(replica):
-            return
-        del scheduler
-
-
-@functools.cache
-def _close_at_exit() -> None:
-    """At interpreter exit, stop every worker after its pass (none is left inside torch)."""
-    atexit.register(lambda: [s.close(timeout=10.0) for s in list(_open)])

@@ -148,9 +148,9 @@ def _rerank_handler(
         renames = schemas.RENAMES
         metrics.in_flight.inc()
         try:
-            service = serving.ready()
             body = schemas.parse_body(await request.body())
             tei = schemas.is_tei(body, route)
+            service = serving.ready()  # a 503 in the shape the client reads
             call = schemas.translate(body, route, service.limits)
             renames = call.renames
             try:

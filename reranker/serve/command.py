@@ -3,7 +3,8 @@
 The service's settings are the ``RERANKER_*`` variables every front end reads
 (``Settings.from_env``); ``--model``, ``--device`` and ``--dtype`` override theirs. Only the
 server's own knobs are added here, each with a variable of the same family:
-``RERANKER_API_KEY``, ``RERANKER_MAX_BODY_BYTES``, ``RERANKER_MAX_CONCURRENT_REQUESTS``.
+``RERANKER_API_KEY``, ``RERANKER_MAX_BODY_BYTES``, ``RERANKER_MAX_CONCURRENT_REQUESTS``,
+``RERANKER_BODY_TIMEOUT``, ``RERANKER_HEADER_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ DEFAULT_MAX_BODY_BYTES = 8 << 20
 DEFAULT_MAX_CONCURRENT_REQUESTS = 64
 # Seconds a request body may take to arrive: longer is a stalled or hostile client (408).
 DEFAULT_BODY_TIMEOUT_S = 30.0
+# Seconds a connection may wait for a request's headers to end (slow-header clients: closed).
+DEFAULT_HEADER_TIMEOUT_S = 10.0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -67,9 +70,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--body-timeout",
         type=float,
-        default=DEFAULT_BODY_TIMEOUT_S,
+        default=None,
         metavar="SECONDS",
-        help=f"most seconds a body may take to arrive (default: {DEFAULT_BODY_TIMEOUT_S:g})",
+        help="most seconds a body may take to arrive, beyond which 408 (default: "
+        f"RERANKER_BODY_TIMEOUT or {DEFAULT_BODY_TIMEOUT_S:g})",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="most seconds a connection may wait for a request's headers before it is closed "
+        f"(default: RERANKER_HEADER_TIMEOUT or {DEFAULT_HEADER_TIMEOUT_S:g})",
     )
     return p
 
@@ -87,6 +99,23 @@ def _positive(name: str, flag: int | None, environ: Mapping[str, str], default: 
         return default
     if value < 1:
         raise SettingsError(f"{label} must be a positive integer, not {value}")
+    return value
+
+
+def _seconds(name: str, flag: float | None, environ: Mapping[str, str], default: float) -> float:
+    raw = environ.get(name, "").strip()
+    if flag is not None:
+        value, label = flag, "--" + name.removeprefix("RERANKER_").lower().replace("_", "-")
+    elif raw:
+        try:
+            value, label = float(raw), name
+        except ValueError:
+            message = f"{name} must be a positive number of seconds, not {raw!r}"
+            raise SettingsError(message) from None
+    else:
+        return default
+    if not 0 < value < float("inf"):
+        raise SettingsError(f"{label} must be a positive number of seconds, not {value}")
     return value
 
 
@@ -120,8 +149,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             env,
             DEFAULT_MAX_CONCURRENT_REQUESTS,
         )
-        if not args.body_timeout > 0:
-            raise ValueError(f"--body-timeout must be positive, not {args.body_timeout}")
+        body_timeout = _seconds(
+            env_name("body_timeout"), args.body_timeout, env, DEFAULT_BODY_TIMEOUT_S
+        )
+        header_timeout = _seconds(
+            env_name("header_timeout"), args.header_timeout, env, DEFAULT_HEADER_TIMEOUT_S
+        )
     except ValueError as exc:  # SettingsError included
         print(f"rerank serve: error: {exc}", file=sys.stderr)
         return 2
@@ -137,17 +170,25 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     from ..service import RerankService
     from .app import AppOptions, create_app
     from .guard import Bounds
+    from .protocol import with_header_deadline
 
     options = AppOptions(
         model_name=args.served_model_name or settings.model or HUB_MODEL_ID,
         api_key=api_key,
         bounds=Bounds(
-            max_body_bytes=max_body, body_timeout=args.body_timeout, max_concurrent=concurrent
+            max_body_bytes=max_body, body_timeout=body_timeout, max_concurrent=concurrent
         ),
     )
     app = create_app(lambda: RerankService.start(settings), options)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=args.host, port=args.port, log_config=None, timeout_keep_alive=5)
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_config=None,
+            timeout_keep_alive=5,
+            http=with_header_deadline(header_timeout),
+        )
     )
     serving = app.state.serving
 

@@ -1,16 +1,13 @@
 """Prometheus metrics of one server (``GET /metrics``), with the standard client library.
 
 Each app has its own registry, so two servers in one process (tests) never share counters.
-Forward passes are timed where they run: :meth:`ServeMetrics.watch` wraps each replica's
-``Engine.run`` (the one call the scheduler makes per pass), so the pass histogram counts every
-pass once, however many requests share it; its ``_count`` is the number of passes and
-``reranker_forward_pass_documents`` shows how full they were.
+Forward passes are timed where they run: :meth:`ServeMetrics.watch` registers a pass observer
+with the scheduler (called on the replica's worker after each pass), so the pass histogram
+counts every pass once, however many requests share it; its ``_count`` is the number of passes
+and ``reranker_forward_pass_documents`` shows how full they were.
 """
 
 from __future__ import annotations
-
-import time
-from collections.abc import Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -21,7 +18,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from ..model.engine import Engine
+from ..runtime.passes import PassRecord
 from ..service import Metrics, RerankService
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -81,21 +78,11 @@ class ServeMetrics:
         self.queued.set_function(lambda: reranker.scheduler.queued_documents)
         gates = (reranker.admission.chars, reranker.admission.tokens)
         self.waiting.set_function(lambda: sum(g.waiting for g in gates))
-        for engine in reranker.engines:
-            self._time_passes(engine)
+        reranker.scheduler.pass_observers.append(self._passed)
 
-    def _time_passes(self, engine: Engine) -> None:
-        run = engine.run
-
-        def timed(items: Sequence):
-            started = time.perf_counter()
-            try:
-                return run(items)
-            finally:
-                self.pass_seconds.observe(time.perf_counter() - started)
-                self.pass_documents.observe(len(items))
-
-        engine.run = timed  # type: ignore[method-assign]
+    def _passed(self, record: PassRecord) -> None:
+        self.pass_seconds.observe(record.seconds)
+        self.pass_documents.observe(record.documents)
 
     def scored(self, metrics: Metrics, seconds: float) -> None:
         self.documents.inc(metrics.documents)

@@ -70,6 +70,7 @@ class Call:
     model: str | None = None  # echoed; any name is accepted
     max_tokens_per_doc: int | None = None
     raw_scores: bool = False
+    truncate: bool = True  # TEI's truncate=false: a text longer than the window is a 413
 
     @property
     def renames(self) -> Mapping[str, str]:
@@ -121,8 +122,9 @@ def translate(body: Mapping[str, Any], route: Route, limits: Limits) -> Call:
 
 def _translate_tei(body: Mapping[str, Any], route: Route, limits: Limits) -> Call:
     """text-embeddings-inference's body (router/src/http/types.rs ``RerankRequest``). Every
-    text is answered (no top_n); ``truncate`` is accepted, but a text longer than the model's
-    window is always cut at its end, as ``truncated`` would tell in the other format."""
+    text is answered (no top_n). A text longer than the model's window is cut at its end
+    (TEI's ``--auto-truncate``) unless ``truncate`` is false, which makes it a 413 as TEI
+    answers; ``truncation_direction`` Left (cut the start) is refused by name."""
     try:
         flags = {n: check_bool(n, body[n]) for n in TEI_FLAGS if body.get(n) is not None}
         direction = body.get("truncation_direction")
@@ -139,7 +141,13 @@ def _translate_tei(body: Mapping[str, Any], route: Route, limits: Limits) -> Cal
         )
     except ValueError as exc:
         raise invalid(exc, TEI_RENAMES) from None
-    return Call(request, route, tei=True, raw_scores=flags.get("raw_scores", False))
+    return Call(
+        request,
+        route,
+        tei=True,
+        raw_scores=flags.get("raw_scores", False),
+        truncate=flags.get("truncate", True),
+    )
 
 
 def _text(name: str, value: Any) -> Any:
@@ -191,6 +199,15 @@ def cap_document_tokens(call: Call, encoder: PromptEncoder) -> Call:
 
 def answer(call: Call, result: RerankResult, model: str) -> object:
     """The JSON answer for ``result`` in the shape ``call`` was asked in."""
+    if not call.truncate and (cut := [r.index for r in result.results if r.truncated]):
+        limit = call.request.options.max_length
+        raise ApiError(
+            413,
+            f"texts[{min(cut)}] is longer than the model's window ({limit:,} tokens with the "
+            "prompt) and truncate is false",
+            param="texts",
+            kind="too_long",
+        )
     if call.tei:
         return [_tei_item(call, r) for r in result.results]
     results = []
