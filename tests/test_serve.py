@@ -250,13 +250,10 @@ def test_tei_shape(server, reranker):
 
 
 def cog_cases():
-    """tests/test_server.py's BAD inputs, as this API spells them (batch_size and max_length
-    are not fields here)."""
+    """tests/test_server.py's BAD inputs, as this API spells them (top_k is top_n here)."""
     from test_server import BAD
 
     for inputs, message in BAD:
-        if {"batch_size", "max_length"} & inputs.keys():
-            continue
         body = {("top_n" if k == "top_k" else k): v for k, v in inputs.items()}
         yield body, message.replace("top_k", "top_n")
 
