@@ -13,11 +13,11 @@ Which renderer runs is chosen by the file name's prefix (``RENDERERS``); a kind 
 several tables names them, ``--table`` picks one (default: the first). Options:
 
 - ``--table NAME``: ``serve-*.json`` (bench/serve_latency.py): ``latency``.
-  ``gpu-*.json``, ``cpu-*.txt`` (bench/run.py, JSON or its printed output): ``engines``
+  ``gpu-h100-*.json``, ``cpu-*.txt`` (bench/run.py, JSON or its printed output): ``engines``
   (recipe vs baseline vs reranker per workload; a column no row has a figure for is left out),
-  ``ablation`` (the standard workload's engine variants, run 1's sweeps), ``batching``
+  ``ablation`` (GPU only: the standard workload's engine variants, run 1's sweeps), ``batching``
   (cross-request batching, tokens/s per number of clients), ``glance`` (the README's one-line
-  summary of the standard workload; its date is the file name's). ``load-*.txt``
+  summary of the standard workload, GPU only; its date is the file name's). ``load-*.txt``
   (bench/load.py's printed table): ``load``.
 - ``--rows KEY,KEY``: only these rows, in this order; a row's key is its first cell, or for the
   ``engines`` table its workload as bench/run.py names it (``standard``, ``short``, ``long-4k``,
@@ -276,7 +276,7 @@ def load_test(path: Path, keys: list[str] | None) -> Rows:
 RENDERERS: dict[str, dict[str, Callable[[Path, list[str] | None], Rows]]] = {
     "serve-": {"latency": serve_latency},
     "gpu-h100-": {"engines": engines, "ablation": ablation, "batching": batching, "glance": glance},
-    "cpu-": {"engines": engines, "ablation": ablation, "batching": batching},
+    "cpu-": {"engines": engines, "batching": batching},
     "load-": {"load": load_test},
 }
 
