@@ -15,6 +15,9 @@ the voluntary context switches per request:
   (which loads on a thread that ends: ``in_passing_thread``); the goal is within 1.1x;
 * ``pass, worker, caller keeps a team``: the same, after the caller's thread ran one
   parallel region of its own (what loading on the caller's thread used to leave);
+* ``library rank(), caller's own torch work between calls``: a matmul on the caller's thread
+  before each ``rank()`` (untimed), whose team ``rank()`` gives back while it waits
+  (reranker/runtime/openmp.py);
 * ``library rank()``, ``async service`` (``RerankService.rerank`` on an event loop) and
   ``Cog server`` (``POST /predictions``, devtools.localserver): the whole request.
 """
@@ -40,12 +43,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import workloads  # noqa: E402
 
-MODES = ["pass-caller", "pass-worker", "pass-worker-team", "rank", "service", "cog"]
+MODES = ["pass-caller", "pass-worker", "pass-worker-team", "rank", "rank-team", "service", "cog"]
 LABELS = {
     "pass-caller": "pass, caller's thread",
     "pass-worker": "pass, worker thread",
     "pass-worker-team": "pass, worker, caller keeps a team",
     "rank": "library rank()",
+    "rank-team": "library rank(), caller's own torch work between calls",
     "service": "async service",
     "cog": "Cog server",
 }
@@ -93,6 +97,13 @@ def measure(mode: str, model: str, n: int) -> dict:
             return _timed(lambda b: worker.submit(engine.run, b).result(), batches)
     if mode == "rank":
         return _timed(lambda w: reranker.rank(w.query, w.documents), requests)
+    if mode == "rank-team":  # the caller's matmul makes it a team; rank() gives it back
+
+        def after_own_work(w):
+            torch.ones(512, 512) @ torch.ones(512, 512)
+            return reranker.rank(w.query, w.documents)
+
+        return _timed(after_own_work, requests)
     service = RerankService(reranker)
     loop = asyncio.new_event_loop()
 
@@ -162,6 +173,8 @@ def main() -> int:
     gap = rows["cog"]["p50_ms"] - rows["rank"]["p50_ms"]
     print(f"# worker pass / caller's-thread pass: {worker:.2f}x (goal <= 1.1x)")
     print(f"# Cog server p50 - library p50: {gap:+.1f} ms (goal <= 10 ms)")
+    own = rows["rank-team"]["p50_ms"] / rows["rank"]["p50_ms"]
+    print(f"# rank() after the caller's own torch work / rank(): {own:.2f}x")
     if args.out:
         Path(args.out).write_text(json.dumps({"requests": n, "rows": rows}, indent=1) + "\n")
     return 0

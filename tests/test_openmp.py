@@ -9,8 +9,15 @@ instead of 3: bench/results/latency-cpu-2026-12-07.txt). Shown here without a cl
 loading and ranking, the caller's first parallel region (one matmul) still has to make its
 team, so the process gains threads.
 
-Fault seen failing (2026-12-07): ``from_placement`` loading on the caller's thread (no
-``in_passing_thread``): the matmul adds no thread.
+A caller that runs torch work of its own (a model card recipe beside the reranker) makes a
+team anyway; a blocking call gives it back before it waits (``runtime/openmp.py``,
+``release_team`` in ``runtime/loop.run``), so the worker's team again runs alone (bench/latency.py
+row "pass, worker, caller keeps a team": 40 ms, 175 switches per request; after the release
+32 ms, 3, as on a caller with no team).
+
+Faults seen failing (2026-12-07): ``from_placement`` loading on the caller's thread (no
+``in_passing_thread``): the matmul adds no thread; no ``release_team`` in ``loop.run``: the
+caller's team outlives its rank() call.
 """
 
 from __future__ import annotations
@@ -38,15 +45,40 @@ print(json.dumps([threads, len(os.listdir("/proc/self/task"))]))
 """
 
 
-def test_loading_leaves_the_caller_no_openmp_team(model_dir):
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+RELEASE = r"""
+import json, os, sys
+import torch
+from reranker import Reranker, Settings
+reranker = Reranker.load(sys.argv[1], device="cpu", settings=Settings())
+docs = [f"passage {i} about rivers, cities and tea " * 12 for i in range(20)]
+for i in range(3):
+    reranker.rank(f"query {i}", docs)
+counts = [len(os.listdir("/proc/self/task"))]
+torch.ones(512, 512) @ torch.ones(512, 512)  # the caller's own torch work: a team
+counts.append(len(os.listdir("/proc/self/task")))
+reranker.rank("query", docs)
+counts.append(len(os.listdir("/proc/self/task")))
+print(json.dumps(counts))
+"""
+
+
+def run_script(script: str, model_dir) -> list[int]:
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(model_dir)],
+        [sys.executable, "-c", script, str(model_dir)],
         capture_output=True,
         text=True,
         timeout=300,
-        env=env,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
         check=True,
     )
-    before, after = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_loading_leaves_the_caller_no_openmp_team(model_dir):
+    before, after = run_script(SCRIPT, model_dir)
     assert after == before + 1, (before, after)  # a team of 2: the caller and one more thread
+
+
+def test_a_blocking_call_gives_back_the_callers_team(model_dir):
+    base, with_team, after = run_script(RELEASE, model_dir)
+    assert with_team == base + 1 and after == base, (base, with_team, after)

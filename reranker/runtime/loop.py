@@ -21,6 +21,8 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from .openmp import release_team
+
 T = TypeVar("T")
 # Seconds an interrupted caller waits for its coroutine to unwind (it only gives back room
 # and drops queued documents, which takes milliseconds).
@@ -53,6 +55,7 @@ def run(
         task.add_done_callback(lambda t: _settle(t, outcome, events))
 
     loop.call_soon_threadsafe(start)
+    release_team()  # the caller's OpenMP team would slow the workers' passes while it waits
     try:
         while (args := events.get()) is not None:
             on_event(*args)  # type: ignore[misc]

@@ -43,6 +43,7 @@ from ..model.scorer import NonFiniteError
 from ..text.tokenization import EncodedRequest
 from . import passes, workers
 from .gate import FifoGate
+from .openmp import release_team
 from .passes import PassObserver
 from .queued import (
     OnCancel,
@@ -213,7 +214,14 @@ class Scheduler:
     # -- the worker threads ----------------------------------------------------------------
 
     def _serve(self, replica: int) -> bool:
-        """Wait for work and run one pass on ``replica``; False once the scheduler is closed."""
+        """Wait for work and run one pass on ``replica``; False once the scheduler is closed.
+
+        An idle worker first gives back its OpenMP team (:mod:`reranker.runtime.openmp`), so
+        the process's other torch work runs alone between requests."""
+        with self._cond:
+            idle = not self._waiting and not self._closed
+        if idle:
+            release_team()
         with self._cond:
             if not self._waiting and not self._closed:
                 self._cond.wait(workers.IDLE_WAKE_S)
