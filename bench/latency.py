@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -59,12 +60,11 @@ def measure(mode: str, model: str, n: int) -> dict:
     """One row, in this (fresh) process."""
     import torch
 
-    from devtools.offline import build_tokenizer
     from reranker import Reranker, Settings
     from reranker.model.engine import Item
     from reranker.service import RerankService
 
-    requests = workloads.rag(build_tokenizer(), 20, n + 3)
+    requests = _rag(n + 3)
     if mode == "cog":
         from devtools.localserver import LocalCogServer
 
@@ -112,6 +112,14 @@ def measure(mode: str, model: str, n: int) -> dict:
         loop.run_until_complete(service.rerank(request, say=lambda _: None))
 
     return _timed(serve, requests)
+
+
+@functools.cache
+def _rag(n: int) -> list:
+    """rag-20 requests (one tokenizer build per process: --smoke measures every row in one)."""
+    from devtools.offline import build_tokenizer
+
+    return workloads.rag(build_tokenizer(), 20, n)
 
 
 def in_fresh_process(mode: str, model: str, n: int) -> dict:

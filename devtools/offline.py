@@ -9,6 +9,10 @@ through exactly the path production uses (``Reranker.load``).
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
+import tempfile
 from pathlib import Path
 
 # The official tokenizer.json's pre-tokenizer pattern (single digits, unlike tiktoken's cl100k).
@@ -58,14 +62,46 @@ def _tiktoken_file() -> str:
 
 
 def build_backend(*, added_tokens: bool = True):
-    """A ``tokenizers.Tokenizer`` equal to the official one (optionally without added tokens)."""
-    from tokenizers import AddedToken, normalizers
-    from transformers.convert_slow_tokenizer import TikTokenConverter
+    """A ``tokenizers.Tokenizer`` equal to the official one (optionally without added tokens).
 
-    backend = TikTokenConverter(vocab_file=_tiktoken_file(), pattern=QWEN_PATTERN).converted()
+    Each call gives a new tokenizer (its added tokens and settings its own) over one BPE
+    model per process, which it shares read-only."""
+    from tokenizers import AddedToken, Tokenizer, normalizers
+
+    base = _converted()
+    backend = Tokenizer(base.model)
+    for part in ("pre_tokenizer", "post_processor", "decoder"):
+        if (value := getattr(base, part)) is not None:
+            setattr(backend, part, value)
     backend.normalizer = normalizers.NFC()
     if added_tokens:
         backend.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in ADDED_TOKENS])
+    return backend
+
+
+@functools.cache
+def _converted():
+    """The tiktoken ranks converted to a BPE tokenizer. Converting takes seconds and every
+    test process, bench script and server the tests start needs it, so the result is kept
+    as JSON in the temp folder, named by a hash of everything it is made from."""
+    import tokenizers
+    import transformers
+    from tokenizers import Tokenizer
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks = Path(_tiktoken_file()).read_bytes()
+    made_of = [ranks, QWEN_PATTERN.encode(), tokenizers.__version__.encode()]
+    made_of.append(transformers.__version__.encode())
+    key = hashlib.sha256(b"\0".join(made_of)).hexdigest()[:20]
+    path = Path(tempfile.gettempdir()) / f"qwen3-reranker-tokenizer-{key}.json"
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception:  # not there yet, or unreadable: build it again
+        pass
+    backend = TikTokenConverter(vocab_file=_tiktoken_file(), pattern=QWEN_PATTERN).converted()
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial.write_text(backend.to_str())
+    os.replace(partial, path)  # atomic: a reader sees the whole file or none
     return backend
 
 

@@ -1,30 +1,43 @@
-"""The rerank command line."""
+"""The rerank command line.
+
+Most tests call ``reranker.cli.main.main`` in this process, with stdin, stdout and stderr
+swapped for buffers: what they test is the command's behaviour, not the process around it.
+The process boundary has its own tests, marked ``subprocess``: the console script reading
+stdin, and the progress bar on a real terminal (a pseudo-terminal).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from reranker.cli.documents_file import read_documents
-
-pytestmark = pytest.mark.subprocess
+from reranker.cli.main import main
 
 QUERY = "capital of France"
 DOCS = ["Paris is the capital of France.", "Bananas.", "Lyon"]
 
 
 def run(args, stdin=None):
-    return subprocess.run(
-        [sys.executable, "-m", "reranker", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    """``rerank ARGS`` in this process: its exit status, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    stream = io.TextIOWrapper(io.BytesIO((stdin or "").encode()), encoding="utf-8")
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        saved, sys.stdin = sys.stdin, stream
+        try:
+            code = main(args)
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code
+        finally:
+            sys.stdin = saved
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def test_json_file(tmp_path, model_dir, reranker):
@@ -54,6 +67,7 @@ def test_json_file(tmp_path, model_dir, reranker):
     assert facts == [(r["index"], r["tokens"], r["truncated"]) for r in want["results"]]
 
 
+@pytest.mark.subprocess
 def test_lines_from_stdin_with_the_console_script(model_dir):
     rerank = Path(sys.executable).parent / "rerank"
     proc = subprocess.run(
@@ -160,6 +174,7 @@ def run_with_terminal_stderr(args: list[str], stdin: str) -> tuple[int, str, str
     return proc.returncode, out, b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("quiet", [False, True])
 def test_progress_bar_on_a_terminal_and_json_alone_on_stdout(model_dir, quiet):
     """Fault seen failing: show_progress() returning False always (no bar on a terminal) and

@@ -31,21 +31,26 @@ import pytest
 
 pytestmark = pytest.mark.subprocess
 
-SCRIPT = r"""
-import json, os, sys
-import torch
-from reranker import Reranker, Settings
-reranker = Reranker.load(sys.argv[1], device="cpu", settings=Settings())
-docs = [f"passage {i} about rivers, cities and tea " * 12 for i in range(20)]
-for i in range(3):
-    reranker.rank(f"query {i}", docs)
-threads = len(os.listdir("/proc/self/task"))
-torch.ones(512, 512) @ torch.ones(512, 512)  # the caller's first parallel region
-print(json.dumps([threads, len(os.listdir("/proc/self/task"))]))
+# The worker gives its team back when it goes idle, just after the caller is answered: counts
+# are read once they settle (unchanged for 0.3 s), or once they reach the count expected.
+SETTLE = r"""
+import os, time
+def threads(want=None, timeout=10.0):
+    deadline, last, since = time.monotonic() + timeout, None, time.monotonic()
+    while True:
+        n = len(os.listdir("/proc/self/task"))
+        if n != last:
+            last, since = n, time.monotonic()
+        if n == want or time.monotonic() > deadline:
+            return n
+        if want is None and time.monotonic() - since >= 0.3:
+            return n
+        time.sleep(0.05)
 """
 
-
-RELEASE = r"""
+SCRIPT = (
+    SETTLE
+    + r"""
 import json, os, sys
 import torch
 from reranker import Reranker, Settings
@@ -53,13 +58,31 @@ reranker = Reranker.load(sys.argv[1], device="cpu", settings=Settings())
 docs = [f"passage {i} about rivers, cities and tea " * 12 for i in range(20)]
 for i in range(3):
     reranker.rank(f"query {i}", docs)
-counts = [len(os.listdir("/proc/self/task"))]
+before = threads()
+torch.ones(512, 512) @ torch.ones(512, 512)  # the caller's first parallel region
+print(json.dumps([before, threads(want=before + 1)]))
+"""
+)
+
+
+RELEASE = (
+    SETTLE
+    + r"""
+import json, os, sys
+import torch
+from reranker import Reranker, Settings
+reranker = Reranker.load(sys.argv[1], device="cpu", settings=Settings())
+docs = [f"passage {i} about rivers, cities and tea " * 12 for i in range(20)]
+for i in range(3):
+    reranker.rank(f"query {i}", docs)
+counts = [threads()]
 torch.ones(512, 512) @ torch.ones(512, 512)  # the caller's own torch work: a team
-counts.append(len(os.listdir("/proc/self/task")))
+counts.append(threads(want=counts[0] + 1))
 reranker.rank("query", docs)
-counts.append(len(os.listdir("/proc/self/task")))
+counts.append(threads(want=counts[0]))
 print(json.dumps(counts))
 """
+)
 
 
 def run_script(script: str, model_dir) -> list[int]:

@@ -61,13 +61,14 @@ class EncodedRequest:
 
 
 def literal_encoder(backend: Tokenizer) -> Tokenizer:
-    """A copy of ``backend`` that never produces an added (control) token."""
-    spec = json.loads(backend.to_str())
-    spec["added_tokens"] = []
-    spec["truncation"] = None
-    spec["padding"] = None
-    encoder = Tokenizer.from_str(json.dumps(spec))
-    encoder.encode_special_tokens = True
+    """A tokenizer with ``backend``'s model and pipeline but none of its added (control)
+    tokens, so it never produces one. It shares the model and the pipeline's parts (they are
+    read-only here) instead of copying them: a copy through the tokenizer's JSON (7 MB for
+    Qwen3) took about 1.5 s per load."""
+    encoder = Tokenizer(backend.model)
+    for part in ("normalizer", "pre_tokenizer", "post_processor", "decoder"):
+        if (value := getattr(backend, part)) is not None:
+            setattr(encoder, part, value)
     return encoder
 
 
