@@ -251,32 +251,65 @@ def test_langchain_cohere_rerank(server, scores, order, langchain_python):
 
 def open_webui_body(documents):
     """Open WebUI's external reranker (open-webui/open-webui
-    backend/open_webui/retrieval/models/external.py, ``ExternalReranker.predict``): POSTs to the
-    configured full URL (default http://localhost:8080/v1/rerank) with a Bearer key, then reads
-    ``results`` sorted by ``index`` and takes each ``relevance_score``."""
+    backend/open_webui/retrieval/models/external.py, ``ExternalReranker.predict``), read at
+    commit ab233f82c11b (the version the stored index names; its date is not recorded there and
+    the repository is too large to mirror): the payload is built at lines 34-39 and POSTed
+    (line 53) to ``self.url`` as configured, a full URL (default
+    http://localhost:8080/v1/rerank, line 19), with the headers of :func:`open_webui_headers`;
+    the answer's ``results`` are sorted by ``index`` and each ``relevance_score`` taken. A
+    later stored revision (single-quoted, with a ``system_oauth`` key option; no commit named)
+    builds the same payload."""
     return {"model": "reranker", "query": QUERY, "documents": documents, "top_n": len(documents)}
+
+
+def open_webui_headers(user=None):
+    """Open WebUI's reranker headers (external.py at ab233f82c11b, lines 45-51): JSON and a
+    Bearer key, and, only when ENABLE_FORWARD_USER_INFO_HEADERS is on (default off) and a user
+    is known, ``include_user_info_headers`` (backend/open_webui/utils/headers.py at
+    de94a84af545): the user's name (URL-quoted, spaces kept), id, email and role.
+    ``user``: a dict with those four keys, or None for the default (no user headers)."""
+    from urllib.parse import quote
+
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
+    if user is not None:
+        headers |= {
+            "X-OpenWebUI-User-Name": quote(user["name"], safe=" "),
+            "X-OpenWebUI-User-Id": user["id"],
+            "X-OpenWebUI-User-Email": user["email"],
+            "X-OpenWebUI-User-Role": user["role"],
+        }
+    return headers
 
 
 def dify_openai_compatible_body(documents, top_n=None):
     """Dify's OpenAI-API-compatible plugin (langgenius/dify-official-plugins
-    models/openai_api_compatible/models/rerank/rerank.py, ``OpenAIRerankModel._invoke``): POSTs
-    to ``{endpoint_url}/rerank``; ``score_threshold`` is sent when set (its credential check
-    uses 0.8)."""
+    models/openai_api_compatible/models/rerank/rerank.py, ``OpenAIRerankModel._invoke``), read
+    at commit 7af22831a58d (2026-08-21; the file last changed in e7a10b0a18ff, 2026-08-17):
+    the payload is built at lines 107-112 and POSTed (lines 117-122) to
+    ``{endpoint_url}/rerank`` (``endpoint_url`` right-stripped of "/", line 94) with JSON and,
+    when an API key is set, Bearer headers (lines 101-103). ``model`` is the credential's
+    ``endpoint_model_name``, else the model name (line 96). No ``return_documents`` and no
+    ``score_threshold`` are sent: the threshold (0.8 in its credential check, with
+    ``top_n=3``) and ``top_n`` are applied to the answer on the client's side, which takes each
+    document's text from its own list, not from the answer."""
     return {
         "model": "qwen3-reranker",
         "query": QUERY,
         "documents": documents,
-        "top_n": top_n if top_n else len(documents),
-        "return_documents": True,
-        "score_threshold": 0.8,
+        "top_n": top_n if top_n is not None else len(documents),
     }
 
 
 def dify_jina_body(documents, model="jina-reranker-v2-base-multilingual", top_n=None):
     """Dify's Jina plugin (langgenius/dify-official-plugins models/jina/models/rerank/rerank.py,
-    ``JinaRerankModel._invoke``): POSTs to ``base_url + "/rerank"``; ``top_n`` may be null;
-    for jina-reranker-m0 each document is ``{"text": ...}``
-    (models/jina/models/shared/input.py, ``transform_jina_input_text``)."""
+    ``JinaRerankModel._invoke``), read at commit 7af22831a58d (2026-08-21; the file last
+    changed in 034376c54b5d, 2026-05-27): the payload is built at lines 76-82 and POSTed
+    (line 85) to ``base_url + "/rerank"`` (default https://api.jina.ai/v1, "/" suffix removed;
+    lines 67-70) with Bearer and JSON headers (lines 71-74); ``top_n`` is passed as given, so
+    it may be null (its credential check passes none); for jina-clip-v1, jina-clip-v2,
+    jina-embeddings-v4 and jina-reranker-m0 each document is ``{"text": ...}``
+    (models/jina/models/shared/input.py, ``transform_jina_input_text``, lines 5-18, same
+    commit; that file last changed in d7095422dd39, 2025-12-09)."""
     wrap = model in ("jina-clip-v1", "jina-clip-v2", "jina-embeddings-v4", "jina-reranker-m0")
     return {
         "model": model,
@@ -291,7 +324,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def test_open_webui_request(server, scores):
-    status, body = server.post("/v1/rerank", open_webui_body(DOCS), headers=AUTH)
+    status, body = server.post("/v1/rerank", open_webui_body(DOCS), headers=open_webui_headers())
     assert status == 200, body
     got = [r["relevance_score"] for r in sorted(body["results"], key=lambda r: r["index"])]
     assert got == scores
