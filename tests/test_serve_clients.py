@@ -323,8 +323,13 @@ def dify_jina_body(documents, model="jina-reranker-v2-base-multilingual", top_n=
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-def test_open_webui_request(server, scores):
-    status, body = server.post("/v1/rerank", open_webui_body(DOCS), headers=open_webui_headers())
+@pytest.mark.parametrize(
+    "user", [None, {"name": "Zoë Ä. Ng", "id": "u-1", "email": "z@x.org", "role": "user"}]
+)
+def test_open_webui_request(server, scores, user):
+    """With and without the forwarded user headers (ENABLE_FORWARD_USER_INFO_HEADERS)."""
+    headers = open_webui_headers(user)
+    status, body = server.post("/v1/rerank", open_webui_body(DOCS), headers=headers)
     assert status == 200, body
     got = [r["relevance_score"] for r in sorted(body["results"], key=lambda r: r["index"])]
     assert got == scores

@@ -247,6 +247,19 @@ PIECES = [
 ]
 
 
+def test_a_grapheme_longer_than_the_window_is_not_scored_again_from_its_start(reranker, tokenizer):
+    """Found by the property test below in CI's run (2026-12-07): "d" with 120 combining dots
+    below is one grapheme, longer than the window. The next window started back at that
+    grapheme's start (character 39, inside the first window, with overlap 0), so the text was
+    scored again and the document took 4 windows where 3 suffice. A start now looks for a
+    grapheme boundary only near its target and otherwise falls back inside the grapheme, as
+    an end does. Fault seen failing: the search back to the window's floor (4 windows)."""
+    doc = "word" * 8 + "\uff76\uff9e\uff77\uff9f" + "word" + "\u0323" * 120
+    prepared = check_windows(reranker, tokenizer, doc, 205, 0)
+    assert len(prepared.spans) == 3, prepared.spans
+    assert prepared.spans[1][0] >= prepared.spans[0][1] - 1, prepared.spans
+
+
 @st.composite
 def documents(draw) -> str:
     pieces = st.tuples(st.sampled_from(PIECES), st.sampled_from([1, 1, 3, 20, 60]))

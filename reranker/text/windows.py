@@ -51,6 +51,8 @@ BATCH_WINDOWS = 32
 # How far at least a window reaches past the previous window's end: more than the byte
 # tokens of one character (at most 4), so that there is a place to cut in between.
 REACH_TOKENS = 8
+# How far before its target a window's start may go back to start on a grapheme boundary.
+START_SLACK_TOKENS = 8
 
 
 @dataclass(frozen=True)
@@ -175,9 +177,15 @@ class _Cuts:
         while floor < end and self.window_start(floor + 1) <= opened:
             floor += 1  # (floor, end]: windows that start after this one's text starts
         latest = min(max(target, floor + 1), end)
+        # A clean start is in reach within START_SLACK tokens before the target (or after
+        # it); one further back would score the same text again (a grapheme longer than the
+        # window: the start falls back inside it, as ends do, rather than at its start).
+        near = max(floor, latest - max(overlap // 4, START_SLACK_TOKENS))
         for j in (
-            self.before(latest, floor, max(overlap // 8, 1), 2),
+            self.before(latest, near, max(overlap // 8, 1), 2),
             self.after(max(target, floor), end),
+            self.before(latest, near, 0, 1),
+            self.before(latest, floor, 0, 2),
             self.before(latest, floor, 0, 1),
         ):
             if j is not None:
