@@ -23,7 +23,7 @@ from reranker.model.scorer import NonFiniteError
 from reranker.request.prepare import RerankRequest
 from reranker.runtime import loop
 from reranker.runtime import progress as progress_module
-from reranker.runtime import scheduler as scheduler_module
+from reranker.runtime import queued as queued_module
 from reranker.runtime.scheduler import Scheduler
 from reranker.service import RerankService
 
@@ -514,7 +514,7 @@ def test_a_request_finished_on_two_replicas_at_once_is_finished_once(reranker, m
     try:
         asyncio.run(scheduler.logits(a.encoded, batch_size=2))  # starts the two workers
         slow = SimpleNamespace(isfinite=lambda x: time.sleep(0.02) or math.isfinite(x))
-        monkeypatch.setattr(scheduler_module, "math", slow)
+        monkeypatch.setattr(queued_module, "math", slow)  # slows finishing, under the lock
         results = []
         caller = threading.Thread(
             target=lambda: results.extend(

@@ -3,6 +3,7 @@ replica, the logits so far and what it cost. The queue itself is the scheduler's
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,21 @@ class QueuedRequest:
         """New tokens the document adds to a pass (its prefix too when not reused)."""
         n = len(self.encoded.documents[doc])
         return n if self.reuse[doc] else n + len(self.encoded.context)
+
+    def record(
+        self, docs: list[int], values: list[float], tokens: int, rescored: int, seconds: float
+    ) -> bool:
+        """Take the logits of ``docs`` from one pass and count what it cost (under the
+        scheduler's lock); False if any is not finite."""
+        for doc, value in zip(docs, values, strict=True):
+            self.logits[doc] = value
+        self.remaining -= len(docs)
+        self.stats.documents += len(docs)
+        self.stats.tokens += tokens
+        self.stats.rescored += rescored
+        self.stats.passes += 1
+        self.stats.model_seconds += seconds
+        return all(math.isfinite(v) for v in values)
 
 
 # A filled pass: (request, document index) in the order the pass runs them.

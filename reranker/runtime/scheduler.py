@@ -31,9 +31,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -329,26 +328,20 @@ class Scheduler:
         """Hand each request its logits from the pass, and finish those it completes. Under
         the lock: a request served by several replicas at once is counted (and finished)
         exactly once."""
-        requests = requests_of(ran.picks)
-        done: dict[int, list[int]] = {}
+        shares: dict[int, tuple[QueuedRequest, list[int], list[float], list[int]]] = {}
+        for (r, d), value, item in zip(ran.picks, ran.result.logits, ran.items, strict=True):
+            _, docs, values, tokens = shares.setdefault(id(r), (r, [], [], []))
+            docs.append(d)
+            values.append(value)
+            tokens.append(item.num_tokens)
+        rescored = Counter(id(ran.picks[i][0]) for i in ran.result.rescored)
         events = []
         with self._cond:
-            for r in requests:
+            for key, (r, docs, values, tokens) in shares.items():
                 if r.cancelled:  # cancelled during the pass: its room is already given back
                     r.contexts.clear()
-            for (r, d), value, item in zip(ran.picks, ran.result.logits, ran.items, strict=True):
-                r.logits[d] = value
-                r.stats.tokens += item.num_tokens
-                done.setdefault(id(r), []).append(d)
-            for i in ran.result.rescored:
-                ran.picks[i][0].stats.rescored += 1
-            for r in requests:
-                docs = done[id(r)]
-                r.remaining -= len(docs)
-                r.stats.documents += len(docs)
-                r.stats.passes += 1
-                r.stats.model_seconds += ran.seconds
-                if not all(math.isfinite(r.logits[d]) for d in docs):  # type: ignore[arg-type]
+                finite = r.record(docs, values, sum(tokens), rescored[key], ran.seconds)
+                if not finite:
                     self.cancel(r)
                     events.append((r, ("error", non_finite_error(engine))))
                 elif r.remaining == 0:
