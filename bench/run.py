@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
-import functools
 import gc
 import json
 import os
@@ -44,7 +43,7 @@ import workloads  # noqa: E402
 from devtools.offline import CPU_SCALE, QWEN3_8B, build_tokenizer, qwen3_config  # noqa: E402
 from devtools.reference import Recipe, format_instruction  # noqa: E402
 from reranker import Reranker, RerankRequest, Settings  # noqa: E402
-from reranker.loading.loader import engine_for, in_passing_thread  # noqa: E402
+from reranker.loading.loader import engine_for  # noqa: E402
 from reranker.model.attention import VarlenAttention, _self_check, find_varlen_kernels  # noqa: E402
 from reranker.model.scorer import QwenScorer  # noqa: E402
 from reranker.runtime.scheduler import Scheduler  # noqa: E402
@@ -54,18 +53,6 @@ from tools.drift import metrics as drift_metrics  # noqa: E402
 from tools.drift import report as drift_report  # noqa: E402
 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense fp16/bf16
-
-
-def alone(fn):
-    """``fn`` on a thread that ends with it. Torch's CPU work outside the reranker (the recipe,
-    building models) would otherwise leave this thread an OpenMP team beside the replica
-    worker's, which slows the reranker's passes on CPU (``in_passing_thread`` says why)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return in_passing_thread(lambda: fn(*args, **kwargs))
-
-    return wrapper
 
 
 # -- FLOP accounting ---------------------------------------------------------------------------
@@ -99,13 +86,11 @@ class Flops:
 # -- engines -------------------------------------------------------------------------------
 
 
-@alone
 def recipe_scores(recipe: Recipe, w: workloads.Workload) -> list[float]:
     """(a) The model card's code: input order, batches of 8, full logits."""
     return recipe.score(w.query, w.documents, w.instruction, max_length=w.max_length)
 
 
-@alone
 @torch.no_grad()
 def baseline_scores(recipe: Recipe, w: workloads.Workload) -> list[float]:
     """(b) Length-sorted batches of 8, last-position logits only, no KV cache."""
@@ -272,7 +257,6 @@ def concurrency_rows(reranker, tokenizer, device, levels, n_requests, docs_per_r
 # -- main ----------------------------------------------------------------------------------------
 
 
-@alone
 def build_model(device: str, dtype: torch.dtype, quick: bool, smoke: bool = False):
     """The 8B on CUDA, else CPU_SCALE; ``quick``: two CPU_SCALE layers; ``smoke``: the tiny
     model of the tests (devtools.offline.qwen3_config's defaults)."""
@@ -302,7 +286,6 @@ def cpu_scale_setup(smoke: bool = False):
     return tokenizer, PromptEncoder(tokenizer), model
 
 
-@alone
 def aten_varlen(scorer) -> VarlenAttention | None:
     """The ATen flash varlen op as a backend, if it passes the reference check."""
     kernel = dict(find_varlen_kernels()).get("aten._flash_attention_forward")
@@ -324,7 +307,6 @@ def aten_varlen(scorer) -> VarlenAttention | None:
     return None
 
 
-@alone
 def ours(
     model,
     encoder,
@@ -370,7 +352,6 @@ def section(name: str, report: dict, out: str | None):
         (Path(out) / "results.json").write_text(data)
 
 
-@alone
 def drift_rows(model, encoder, w: workloads.Workload, device: str) -> list[drift_metrics.DriftRow]:
     """float16 and bfloat16 against float32 on the same random weights, with the metrics and
     columns of ``python -m tools.drift`` (the command users run on real weights).
