@@ -48,7 +48,8 @@ def threads(want=None, timeout=10.0):
         time.sleep(0.05)
 """
 
-SCRIPT = (
+# Loads the model (on a thread that ends) and ranks three times: the workers are running.
+LOADED = (
     SETTLE
     + r"""
 import json, os, sys
@@ -58,23 +59,21 @@ reranker = Reranker.load(sys.argv[1], device="cpu", settings=Settings())
 docs = [f"passage {i} about rivers, cities and tea " * 12 for i in range(20)]
 for i in range(3):
     reranker.rank(f"query {i}", docs)
+"""
+)
+
+SCRIPT = (
+    LOADED
+    + r"""
 before = threads()
 torch.ones(512, 512) @ torch.ones(512, 512)  # the caller's first parallel region
 print(json.dumps([before, threads(want=before + 1)]))
 """
 )
 
-
 RELEASE = (
-    SETTLE
+    LOADED
     + r"""
-import json, os, sys
-import torch
-from reranker import Reranker, Settings
-reranker = Reranker.load(sys.argv[1], device="cpu", settings=Settings())
-docs = [f"passage {i} about rivers, cities and tea " * 12 for i in range(20)]
-for i in range(3):
-    reranker.rank(f"query {i}", docs)
 counts = [threads()]
 torch.ones(512, 512) @ torch.ones(512, 512)  # the caller's own torch work: a team
 counts.append(threads(want=counts[0] + 1))

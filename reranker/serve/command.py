@@ -14,10 +14,13 @@ import ipaddress
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import TypeVar
 
 from ..config import DTYPE_NAMES, HUB_MODEL_ID, Settings, SettingsError, check_device_name, env_name
+
+T = TypeVar("T", int, float)
 
 # 8 MiB: a thousand documents of 8,000 characters. text-embeddings-inference's default is 2 MB.
 DEFAULT_MAX_BODY_BYTES = 8 << 20
@@ -86,37 +89,39 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _positive(name: str, flag: int | None, environ: Mapping[str, str], default: int) -> int:
+def _setting(
+    name: str,
+    flag: T | None,
+    environ: Mapping[str, str],
+    default: T,
+    parse: Callable[[str], T],
+    what: str,
+    valid: Callable[[T], bool],
+) -> T:
+    """A server setting: its flag, else its variable (parsed), else ``default``; an error
+    naming whichever was given when it is not ``what`` it must be."""
     raw = environ.get(name, "").strip()
     if flag is not None:
         value, label = flag, "--" + name.removeprefix("RERANKER_").lower().replace("_", "-")
     elif raw:
         try:
-            value, label = int(raw), name
+            value, label = parse(raw), name
         except ValueError:
-            raise SettingsError(f"{name} must be a positive integer, not {raw!r}") from None
+            raise SettingsError(f"{name} must be {what}, not {raw!r}") from None
     else:
         return default
-    if value < 1:
-        raise SettingsError(f"{label} must be a positive integer, not {value}")
+    if not valid(value):
+        raise SettingsError(f"{label} must be {what}, not {value}")
     return value
+
+
+def _positive(name: str, flag: int | None, environ: Mapping[str, str], default: int) -> int:
+    return _setting(name, flag, environ, default, int, "a positive integer", lambda v: v >= 1)
 
 
 def _seconds(name: str, flag: float | None, environ: Mapping[str, str], default: float) -> float:
-    raw = environ.get(name, "").strip()
-    if flag is not None:
-        value, label = flag, "--" + name.removeprefix("RERANKER_").lower().replace("_", "-")
-    elif raw:
-        try:
-            value, label = float(raw), name
-        except ValueError:
-            message = f"{name} must be a positive number of seconds, not {raw!r}"
-            raise SettingsError(message) from None
-    else:
-        return default
-    if not 0 < value < float("inf"):
-        raise SettingsError(f"{label} must be a positive number of seconds, not {value}")
-    return value
+    what = "a positive number of seconds"
+    return _setting(name, flag, environ, default, float, what, lambda v: 0 < v < float("inf"))
 
 
 def is_loopback(host: str) -> bool:
